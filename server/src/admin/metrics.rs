@@ -1,0 +1,262 @@
+//! The counters behind /metrics and /stats.
+//!
+//! Each worker writes only its own cache-padded block, so counting a delivery
+//! is an uncontended add, never a cache line bouncing between cores; the
+//! admin thread sums the blocks when scraped. It must not lock or allocate on
+//! the paths that count.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+
+use crate::wire::close;
+use crate::wire::handshake::HandshakeError;
+
+/// Close codes counted one by one; anything else is counted as "other".
+pub const CLOSE_CODES: [u16; 11] = [
+    close::NORMAL,
+    close::GOING_AWAY,
+    close::PROTOCOL_ERROR,
+    close::UNSUPPORTED_DATA,
+    close::ABNORMAL,
+    close::INVALID_PAYLOAD,
+    1008,
+    close::MESSAGE_TOO_BIG,
+    close::INTERNAL_ERROR,
+    close::TOO_SLOW,
+    close::NO_PONG,
+];
+
+/// Counters written by one worker thread only.
+#[derive(Default)]
+pub struct WorkerMetrics {
+    pub open: AtomicU64,
+    pub channels: AtomicU64,
+    pub accepted: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub slow_closes: AtomicU64,
+    pub handshake_failures: [AtomicU64; HandshakeError::LABELS.len()],
+    /// Indexed like [`CLOSE_CODES`], plus one slot for other codes.
+    pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
+}
+
+impl WorkerMetrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn count_close(&self, code: u16) {
+        let slot = CLOSE_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        self.closes[slot].fetch_add(1, Relaxed);
+    }
+}
+
+/// All counters of one server.
+pub struct Metrics {
+    pub workers: Vec<CachePadded<WorkerMetrics>>,
+    /// Upgraded connections across workers; checked against the limit.
+    pub open_connections: AtomicUsize,
+    pub publish_requests: AtomicU64,
+    pub publish_rejected: AtomicU64,
+    pub publications: AtomicU64,
+    pub started: Instant,
+    pub max_connections: usize,
+}
+
+impl Metrics {
+    pub fn new(workers: usize, max_connections: usize) -> Metrics {
+        Metrics {
+            workers: (0..workers)
+                .map(|_| CachePadded::new(WorkerMetrics::default()))
+                .collect(),
+            open_connections: AtomicUsize::new(0),
+            publish_requests: AtomicU64::new(0),
+            publish_rejected: AtomicU64::new(0),
+            publications: AtomicU64::new(0),
+            started: Instant::now(),
+            max_connections,
+        }
+    }
+
+    fn sum(&self, pick: impl Fn(&WorkerMetrics) -> &AtomicU64) -> u64 {
+        self.workers.iter().map(|w| pick(w).load(Relaxed)).sum()
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn prometheus(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(
+                out,
+                "# HELP surge_{name} {help}\n# TYPE surge_{name} {kind}"
+            );
+            for (labels, value) in samples {
+                let _ = writeln!(out, "surge_{name}{labels} {value}");
+            }
+        };
+        let one = |v: u64| vec![(String::new(), v)];
+        let open = self.open_connections.load(Relaxed) as u64;
+        metric(
+            "open_connections",
+            "gauge",
+            "Upgraded WebSocket connections.",
+            &one(open),
+        );
+        let per_worker: Vec<_> = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("{{worker=\"{i}\"}}"), w.open.load(Relaxed)))
+            .collect();
+        metric(
+            "worker_connections",
+            "gauge",
+            "Upgraded connections per worker.",
+            &per_worker,
+        );
+        let channels = self.sum(|w| &w.channels);
+        metric(
+            "channels",
+            "gauge",
+            "Channels with subscribers, summed over workers.",
+            &one(channels),
+        );
+        metric(
+            "accepted_total",
+            "counter",
+            "TCP connections accepted.",
+            &one(self.sum(|w| &w.accepted)),
+        );
+        let failures: Vec<_> = HandshakeError::LABELS
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    format!("{{reason=\"{l}\"}}"),
+                    self.sum(|w| &w.handshake_failures[i]),
+                )
+            })
+            .collect();
+        metric(
+            "handshake_failures_total",
+            "counter",
+            "Refused or abandoned upgrades by reason.",
+            &failures,
+        );
+        let closes: Vec<_> = (0..=CLOSE_CODES.len())
+            .map(|i| {
+                let code = CLOSE_CODES
+                    .get(i)
+                    .map_or("other".to_string(), |c| c.to_string());
+                (format!("{{code=\"{code}\"}}"), self.sum(|w| &w.closes[i]))
+            })
+            .collect();
+        metric(
+            "closes_total",
+            "counter",
+            "WebSocket closes by close code (1006: dropped without one).",
+            &closes,
+        );
+        metric(
+            "frames_in_total",
+            "counter",
+            "Frames received.",
+            &one(self.sum(|w| &w.frames_in)),
+        );
+        metric(
+            "frames_out_total",
+            "counter",
+            "Frames sent or queued.",
+            &one(self.sum(|w| &w.frames_out)),
+        );
+        metric(
+            "bytes_in_total",
+            "counter",
+            "Bytes read from clients.",
+            &one(self.sum(|w| &w.bytes_in)),
+        );
+        metric(
+            "bytes_out_total",
+            "counter",
+            "Bytes written to clients.",
+            &one(self.sum(|w| &w.bytes_out)),
+        );
+        let pubs = self.publications.load(Relaxed);
+        metric(
+            "publications_total",
+            "counter",
+            "Publications accepted by the publish API.",
+            &one(pubs),
+        );
+        let deliveries = self.sum(|w| &w.deliveries);
+        metric(
+            "deliveries_total",
+            "counter",
+            "Publications written or queued to a subscriber.",
+            &one(deliveries),
+        );
+        let slow = self.sum(|w| &w.slow_closes);
+        metric(
+            "slow_consumer_closes_total",
+            "counter",
+            "Connections closed for unsent bytes over the bound.",
+            &one(slow),
+        );
+        let reqs = self.publish_requests.load(Relaxed);
+        metric(
+            "publish_requests_total",
+            "counter",
+            "Requests to the publish API.",
+            &one(reqs),
+        );
+        let rejected = self.publish_rejected.load(Relaxed);
+        metric(
+            "publish_rejected_total",
+            "counter",
+            "Publish requests answered with an error.",
+            &one(rejected),
+        );
+        let rss = crate::core::sys::resident_bytes().unwrap_or(0);
+        metric(
+            "resident_memory_bytes",
+            "gauge",
+            "Resident set size of the process.",
+            &one(rss),
+        );
+        out
+    }
+
+    /// The same figures as JSON for /stats.
+    pub fn stats_json(&self) -> String {
+        let workers: Vec<_> = self
+            .workers
+            .iter()
+            .map(|w| serde_json::json!({ "connections": w.open.load(Relaxed), "channels": w.channels.load(Relaxed) }))
+            .collect();
+        serde_json::json!({
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "open_connections": self.open_connections.load(Relaxed),
+            "max_connections": self.max_connections,
+            "accepted": self.sum(|w| &w.accepted),
+            "publications": self.publications.load(Relaxed),
+            "deliveries": self.sum(|w| &w.deliveries),
+            "slow_consumer_closes": self.sum(|w| &w.slow_closes),
+            "frames_in": self.sum(|w| &w.frames_in),
+            "frames_out": self.sum(|w| &w.frames_out),
+            "bytes_in": self.sum(|w| &w.bytes_in),
+            "bytes_out": self.sum(|w| &w.bytes_out),
+            "resident_bytes": crate::core::sys::resident_bytes(),
+            "workers": workers,
+        })
+        .to_string()
+    }
+}

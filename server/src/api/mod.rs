@@ -1,0 +1,6 @@
+//! The publish API for the booking backend, on its own listener (loopback by
+//! default), never on the public port.
+
+mod publish;
+
+pub use publish::spawn;

@@ -1,0 +1,361 @@
+//! Configuration: every option, its default and why, from flags, `SURGE_*`
+//! environment variables and an optional TOML file (in that order of
+//! precedence), validated once at start so nonsense never reaches a worker.
+//!
+//! It must not open sockets or start threads; it only says what was asked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, Seconds};
+
+/// Request heads are capped at 8 KiB: a browser's upgrade is under 2 KiB, and
+/// the cap bounds what a slowloris client can make us hold.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// The push server for booking surges.
+///
+/// Every option can also be set as an environment variable (`SURGE_` and the
+/// option name in capitals, e.g. `SURGE_WORKERS=4`) or in a TOML file given
+/// with `--config` (keys as the option names: `ping-interval = "25s"`).
+/// Flags beat environment variables, which beat the file, which beats the
+/// defaults.
+#[derive(Parser, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[command(name = "surge", version)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// TOML file with any of the options below.
+    #[arg(long, env = "SURGE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Public WebSocket address; browsers connect to ws://HOST:PORT/ws.
+    #[arg(long, env = "SURGE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Publish API address for the booking backend. Loopback by default:
+    /// it must never be reachable from browsers.
+    #[arg(long, env = "SURGE_PUBLISH_LISTEN", default_value = "127.0.0.1:8081")]
+    pub publish_listen: SocketAddr,
+
+    /// Admin address (/healthz, /metrics, /stats), served by its own thread
+    /// so it answers while the data port is saturated.
+    #[arg(long, env = "SURGE_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Worker threads, each with its own epoll and SO_REUSEPORT listener.
+    /// Default: one per core.
+    #[arg(long, env = "SURGE_WORKERS", default_value_t = default_workers())]
+    pub workers: usize,
+
+    /// Listen backlog per worker. A surge opens thousands of sockets per
+    /// second; the kernel also caps this at net.core.somaxconn.
+    #[arg(long, env = "SURGE_BACKLOG", default_value_t = 4096)]
+    pub backlog: u32,
+
+    /// Most open WebSocket connections; past it upgrades get 503 with
+    /// Retry-After. 0 means the open-file limit less a reserve of 64 for
+    /// listeners and the other ports, so we answer 503 rather than fail accept.
+    #[arg(long, env = "SURGE_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Seconds the client is told to wait in Retry-After when we are full.
+    #[arg(long, env = "SURGE_RETRY_AFTER", default_value = "5s")]
+    pub retry_after: Seconds,
+
+    /// Time for the whole upgrade request to arrive; a slowloris client that
+    /// trickles its head is closed after it.
+    #[arg(long, env = "SURGE_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub handshake_timeout: Seconds,
+
+    /// Server ping interval. 25 s stays under the 60 s idle timeout of common
+    /// load balancers and proxies, which would otherwise cut idle sockets.
+    #[arg(long, env = "SURGE_PING_INTERVAL", default_value = "25s")]
+    pub ping_interval: Seconds,
+
+    /// How long a client has to answer a ping before it is closed (4001).
+    /// Must be shorter than the ping interval.
+    #[arg(long, env = "SURGE_PONG_TIMEOUT", default_value = "10s")]
+    pub pong_timeout: Seconds,
+
+    /// How long a closing connection may take to finish the close handshake.
+    #[arg(long, env = "SURGE_CLOSE_TIMEOUT", default_value = "3s")]
+    pub close_timeout: Seconds,
+
+    /// Largest inbound message. Browsers only send small JSON commands;
+    /// 16 KiB bounds the buffer a hostile client can make us hold (1009 past it).
+    #[arg(long, env = "SURGE_MAX_MESSAGE", default_value = "16KiB")]
+    pub max_message: ByteSize,
+
+    /// Unsent bytes allowed per connection before it is closed as too slow
+    /// (4000). Bounds memory per slow reader; 256 KiB is thousands of slot
+    /// updates, far more than a healthy browser ever lags by.
+    #[arg(long, env = "SURGE_MAX_OUTBOUND", default_value = "256KiB")]
+    pub max_outbound: ByteSize,
+
+    /// Subscriptions per connection. A slot board needs a clinic and the
+    /// user's own channel; 32 leaves room without letting one socket pin
+    /// thousands of index entries.
+    #[arg(long, env = "SURGE_MAX_SUBSCRIPTIONS", default_value_t = 32)]
+    pub max_subscriptions: usize,
+
+    /// Origins allowed to connect (repeat or comma-separate). Empty: any.
+    #[arg(
+        long = "allowed-origin",
+        env = "SURGE_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+
+    /// Largest `data` of one publication: it is copied to every subscriber's
+    /// socket buffer, so it is kept small.
+    #[arg(long, env = "SURGE_MAX_PUBLISH_DATA", default_value = "64KiB")]
+    pub max_publish_data: ByteSize,
+
+    /// Largest publish request body (413 past it).
+    #[arg(long, env = "SURGE_MAX_PUBLISH_BODY", default_value = "1MiB")]
+    pub max_publish_body: ByteSize,
+
+    /// How long shutdown waits for close handshakes before exiting.
+    #[arg(long, env = "SURGE_SHUTDOWN_TIMEOUT", default_value = "5s")]
+    pub shutdown_timeout: Seconds,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "surge=debug".
+    #[arg(long, env = "SURGE_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Conformance testing only: echo every message back instead of speaking
+    /// the push protocol (used to run the Autobahn|Testsuite).
+    #[arg(long, env = "SURGE_ECHO", default_value_t = false)]
+    pub echo: bool,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Why a configuration was refused at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag could not be parsed, or --help/--version was asked for.
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["surge"])
+    }
+}
+
+impl Config {
+    /// Parses flags and environment, merges the TOML file, validates.
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// As [`Config::load`], from the given arguments.
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Config::command().try_get_matches_from(args)?;
+        let mut config = Config::from_arg_matches(&matches)?;
+        if let Some(path) = config.config.clone() {
+            config = config.merge_file(&path, &matches)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Values from the file replace only those still at their default.
+    fn merge_file(self, path: &PathBuf, matches: &ArgMatches) -> Result<Config, ConfigError> {
+        let file_err = |message: String| ConfigError::File {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let file: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| file_err(e.to_string()))?;
+        let mut merged = toml::Table::try_from(&self).map_err(|e| file_err(e.to_string()))?;
+        for (key, value) in file {
+            if !merged.contains_key(&key) {
+                return Err(file_err(format!("unknown option '{key}'")));
+            }
+            let id = key.replace('-', "_");
+            let from_default = matches!(
+                matches.value_source(&id),
+                None | Some(ValueSource::DefaultValue)
+            );
+            if from_default {
+                merged.insert(key, value);
+            }
+        }
+        let mut config: Config = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| file_err(e.to_string()))?;
+        config.config = Some(path.clone());
+        Ok(config)
+    }
+
+    /// Refuses values that cannot work, with a message naming the option.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.workers == 0 || self.workers > 1024 {
+            return fail(format!("--workers must be 1..=1024, got {}", self.workers));
+        }
+        if self.backlog == 0 {
+            return fail("--backlog must be at least 1".into());
+        }
+        for (name, value) in [
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--ping-interval", self.ping_interval),
+            ("--pong-timeout", self.pong_timeout),
+            ("--close-timeout", self.close_timeout),
+        ] {
+            if value.0 == 0 || value.0 > 24 * 3600 {
+                return fail(format!("{name} must be between 1s and 24h, got {value}"));
+            }
+        }
+        if self.pong_timeout >= self.ping_interval {
+            return fail(format!(
+                "--pong-timeout ({}) must be shorter than --ping-interval ({})",
+                self.pong_timeout, self.ping_interval
+            ));
+        }
+        if self.max_message.0 < 125 || self.max_message.0 > 1 << 30 {
+            return fail(format!(
+                "--max-message must be 125 bytes..1GiB, got {}",
+                self.max_message
+            ));
+        }
+        if self.max_outbound.0 < 4096 {
+            return fail(format!(
+                "--max-outbound must be at least 4KiB, got {}",
+                self.max_outbound
+            ));
+        }
+        if self.max_subscriptions == 0 || self.max_subscriptions > 4096 {
+            return fail(format!(
+                "--max-subscriptions must be 1..=4096, got {}",
+                self.max_subscriptions
+            ));
+        }
+        if self.max_publish_data.0 == 0 || self.max_publish_data > self.max_publish_body {
+            return fail(format!(
+                "--max-publish-data ({}) must be non-zero and at most --max-publish-body ({})",
+                self.max_publish_data, self.max_publish_body
+            ));
+        }
+        if self.max_publish_data > self.max_outbound {
+            return fail(format!(
+                "--max-publish-data ({}) above --max-outbound ({}) would close every subscriber as slow",
+                self.max_publish_data, self.max_outbound
+            ));
+        }
+        let ports = [self.listen, self.publish_listen, self.admin_listen];
+        for (i, a) in ports.iter().enumerate() {
+            for b in &ports[i + 1..] {
+                if a.port() != 0 && a == b {
+                    return fail(format!("address {a} is given to two listeners"));
+                }
+            }
+        }
+        for origin in &self.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return fail(format!(
+                    "--allowed-origin '{origin}' must start with http:// or https://"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection limit in force: the configured one, or derived from
+    /// the open-file limit.
+    pub fn effective_max_connections(&self) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        crate::core::sys::open_file_limit()
+            .saturating_sub(64)
+            .max(1)
+    }
+
+    /// Whether `origin` may connect.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        self.allowed_origins.is_empty()
+            || origin.is_some_and(|o| {
+                self.allowed_origins
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(o))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn nonsense_is_refused_with_the_option_named() {
+        let bad = |args: &[&str]| {
+            let mut all = vec!["surge"];
+            all.extend_from_slice(args);
+            Config::load_from(all).unwrap_err().to_string()
+        };
+        assert!(bad(&["--workers", "0"]).contains("--workers"));
+        assert!(bad(&["--pong-timeout", "30s"]).contains("--pong-timeout"));
+        assert!(bad(&["--max-message", "10"]).contains("--max-message"));
+        assert!(bad(&["--allowed-origin", "example.com"]).contains("--allowed-origin"));
+        assert!(bad(&["--listen", "127.0.0.1:9090"]).contains("two listeners"));
+    }
+
+    #[test]
+    fn file_fills_defaults_but_flags_win() {
+        let dir = std::env::temp_dir().join(format!("surge-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("surge.toml");
+        std::fs::write(
+            &path,
+            "workers = 3\nping-interval = \"40s\"\nmax-message = 32768\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::load_from(["surge", "--config", p, "--workers", "2"]).unwrap();
+        assert_eq!(
+            (c.workers, c.ping_interval, c.max_message),
+            (2, Seconds(40), ByteSize(32768))
+        );
+        std::fs::write(&path, "wokers = 3\n").unwrap();
+        let err = Config::load_from(["surge", "--config", p])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown option 'wokers'"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

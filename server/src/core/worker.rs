@@ -1,0 +1,331 @@
+//! One worker thread: its epoll, listener, slab of connections, channel index
+//! and timer wheel, and the loop that drives them. Accepting, timers,
+//! commands from the broker and fan-out live here; the read and write paths
+//! are in `read.rs` and `write.rs`.
+//!
+//! Nothing here may block or panic on anything a peer sends: a bad peer costs
+//! its own connection and nothing else.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use std::os::fd::AsRawFd;
+
+use mio::net::TcpListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::admin::metrics::{Metrics, WorkerMetrics};
+use crate::channels::broker::{Command, Inbox, Publication};
+use crate::channels::index::ChannelIndex;
+use crate::config::Config;
+use crate::core::conn::{flag, Conn, State};
+use crate::core::sys;
+use crate::core::timer::TimerWheel;
+use crate::core::write::{write_or_queue, SendError};
+use crate::wire::close;
+use crate::wire::frame::{encode_frame, OpCode};
+use crate::wire::handshake::HandshakeError;
+
+pub const LISTENER: Token = Token(usize::MAX - 1);
+pub const WAKER: Token = Token(usize::MAX);
+
+/// Reads per readiness event before the connection goes to the back of the
+/// line: with edge-triggered epoll a flooding client would otherwise keep the
+/// worker to itself.
+pub(super) const MAX_READS_PER_EVENT: usize = 16;
+/// Accepts per readiness event, for the same reason.
+const MAX_ACCEPTS_PER_EVENT: usize = 256;
+/// Per-worker read buffer. One per worker, not per connection: a million
+/// idle sockets own no read buffer at all.
+const SCRATCH_LEN: usize = 64 * 1024;
+/// Events taken from epoll per wait.
+const EVENTS: usize = 1024;
+
+pub struct Worker {
+    pub(super) id: usize,
+    pub(super) poll: Poll,
+    pub(super) listener: Option<TcpListener>,
+    pub(super) conns: Slab<Conn>,
+    pub(super) index: ChannelIndex,
+    pub(super) wheel: TimerWheel,
+    pub(super) inbox: Inbox,
+    pub(super) config: Arc<Config>,
+    pub(super) max_connections: usize,
+    pub(super) metrics: Arc<Metrics>,
+    /// Seconds since `epoch`: the worker's clock for the timer wheel.
+    pub(super) now: u32,
+    epoch: Instant,
+    /// Taken out while a read is in progress (see `read.rs`).
+    pub(super) scratch: Vec<u8>,
+    /// Connections (and the listener) that still had input when their turn ended.
+    pub(super) rearm: Vec<Token>,
+    /// Set when accept ran out of descriptors; retried on the next tick.
+    accept_paused: bool,
+    /// When shutting down: the second at which we stop waiting.
+    shutdown_at: Option<u32>,
+}
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        poll: Poll,
+        mut listener: TcpListener,
+        inbox: Inbox,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Worker> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let max_connections = config.effective_max_connections();
+        Ok(Worker {
+            id,
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            index: ChannelIndex::default(),
+            wheel: TimerWheel::new(0),
+            inbox,
+            config,
+            max_connections,
+            metrics,
+            now: 0,
+            epoch: Instant::now(),
+            scratch: vec![0; SCRATCH_LEN],
+            rearm: Vec::new(),
+            accept_paused: false,
+            shutdown_at: None,
+        })
+    }
+
+    pub(super) fn stats(&self) -> &WorkerMetrics {
+        &self.metrics.workers[self.id]
+    }
+
+    /// Runs until shut down and every connection is closed (or the shutdown
+    /// timeout passes).
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(EVENTS);
+        loop {
+            let timeout = if self.rearm.is_empty() {
+                let into_second = self.epoch.elapsed().subsec_millis();
+                Some(Duration::from_millis(u64::from(1000 - into_second)))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(worker = self.id, error = %e, "epoll wait failed; worker stops");
+                    return;
+                }
+            }
+            self.now = u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_ready(),
+                    WAKER => self.drain_inbox(),
+                    Token(t) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(t);
+                        }
+                        if event.is_writable() {
+                            self.on_writable(t);
+                        }
+                    }
+                }
+            }
+            for token in std::mem::take(&mut self.rearm) {
+                match token {
+                    LISTENER => self.accept_ready(),
+                    Token(t) => self.on_readable(t),
+                }
+            }
+            self.fire_timers();
+            let stats = self.stats();
+            stats.open.store(self.upgraded() as u64, Ordering::Relaxed);
+            stats
+                .channels
+                .store(self.index.len() as u64, Ordering::Relaxed);
+            if let Some(at) = self.shutdown_at {
+                if self.conns.is_empty() || self.now >= at {
+                    tracing::info!(worker = self.id, left = self.conns.len(), "worker stopped");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn upgraded(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.has(flag::COUNTED))
+            .count()
+    }
+
+    fn accept_ready(&mut self) {
+        for _ in 0..MAX_ACCEPTS_PER_EVENT {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((socket, _peer)) => self.admit(socket),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if sys::is_resource_exhaustion(&e) => {
+                    if !self.accept_paused {
+                        tracing::warn!(worker = self.id, error = %e, "accept paused: out of descriptors or memory");
+                    }
+                    self.accept_paused = true;
+                    return;
+                }
+                Err(e) => tracing::debug!(worker = self.id, error = %e, "accept failed"),
+            }
+        }
+        self.rearm.push(LISTENER);
+    }
+
+    fn admit(&mut self, socket: mio::net::TcpStream) {
+        let socket = std::net::TcpStream::from(socket);
+        // Pushes are small frames that must leave at once, not wait for Nagle.
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY failed");
+        }
+        let entry = self.conns.vacant_entry();
+        let Ok(token) = u32::try_from(entry.key()) else {
+            return;
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&socket.as_raw_fd()),
+            Token(entry.key()),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(worker = self.id, error = %e, "registering a connection failed");
+            return;
+        }
+        let at = self.now + self.config.handshake_timeout.0 as u32;
+        entry.insert(Conn::new(socket, at));
+        self.wheel.schedule(token, at);
+        WorkerMetrics::add(&self.stats().accepted, 1);
+    }
+
+    fn drain_inbox(&mut self) {
+        // Clear before draining: a publish that lands after this point wakes us again.
+        self.inbox.notified.store(false, Ordering::Release);
+        while let Ok(cmd) = self.inbox.rx.try_recv() {
+            match cmd {
+                Command::Publish(publication) => self.fan_out(&publication),
+                Command::Shutdown => self.begin_shutdown(),
+            }
+        }
+    }
+
+    /// Writes one encoded frame to every subscriber of its channel on this
+    /// worker: the same `Bytes`, no copy, no encode.
+    fn fan_out(&mut self, publication: &Publication) {
+        let Some(channel) = self.index.get(&publication.channel) else {
+            return;
+        };
+        let bound = self.config.max_outbound.get();
+        let stats = &self.metrics.workers[self.id];
+        let mut failed: Vec<(u32, SendError)> = Vec::new();
+        let mut written = 0u64;
+        for &token in &channel.subscribers {
+            let Some(conn) = self.conns.get_mut(token as usize) else {
+                continue;
+            };
+            match write_or_queue(conn, &publication.frame, bound) {
+                Ok(n) => written += n as u64,
+                Err(e) => failed.push((token, e)),
+            }
+        }
+        let delivered = (channel.subscribers.len() - failed.len()) as u64;
+        WorkerMetrics::add(&stats.deliveries, delivered);
+        WorkerMetrics::add(&stats.frames_out, delivered);
+        WorkerMetrics::add(&stats.bytes_out, written);
+        for (token, err) in failed {
+            self.on_send_error(token as usize, err);
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_at.is_some() {
+            return;
+        }
+        self.shutdown_at = Some(self.now + self.config.shutdown_timeout.0 as u32);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
+        for token in tokens {
+            match self.conns.get(token).map(|c| c.state) {
+                Some(State::Open) => {
+                    self.close_with(token, close::GOING_AWAY, "server shutting down")
+                }
+                Some(State::Handshake) => self.close_now(token),
+                _ => {}
+            }
+        }
+    }
+
+    /// Handshake deadlines, pings, pong deadlines and close timeouts.
+    fn fire_timers(&mut self) {
+        if self.accept_paused {
+            self.accept_paused = false;
+            self.accept_ready();
+        }
+        while let Some((second, tokens)) = self.wheel.due(self.now) {
+            for &token in &tokens {
+                let Some(conn) = self.conns.get_mut(token as usize) else {
+                    continue;
+                };
+                if conn.timer_at != second {
+                    // Still due later (it went round the wheel), or a stale
+                    // entry of a closed connection whose token was reused.
+                    if conn.timer_at > second && (conn.timer_at - second) % 64 == 0 {
+                        self.wheel.schedule(token, conn.timer_at);
+                    }
+                    continue;
+                }
+                self.on_timer(token as usize);
+            }
+            self.wheel.recycle(second, tokens);
+        }
+    }
+
+    fn on_timer(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        match conn.state {
+            State::Handshake => self.refuse(token, HandshakeError::Timeout),
+            State::Closing => self.close_now(token),
+            State::Open if conn.has(flag::AWAIT_PONG) => {
+                self.close_with(token, close::NO_PONG, "no pong");
+            }
+            State::Open if conn.has(flag::PING_OUT) => {
+                // The pong came back in time; the next ping is due one
+                // interval after the last one.
+                conn.clear(flag::PING_OUT);
+                let sent = self.now.saturating_sub(self.config.pong_timeout.0 as u32);
+                self.set_timer(token, sent + self.config.ping_interval.0 as u32);
+            }
+            State::Open => {
+                conn.set(flag::AWAIT_PONG | flag::PING_OUT);
+                let mut ping = Vec::with_capacity(2);
+                encode_frame(&mut ping, OpCode::Ping, &[], None);
+                self.send(token, ping.into());
+                self.set_timer(token, self.now + self.config.pong_timeout.0 as u32);
+            }
+        }
+    }
+
+    pub(super) fn set_timer(&mut self, token: usize, at: u32) {
+        if let Some(conn) = self.conns.get_mut(token) {
+            conn.timer_at = at;
+            self.wheel.schedule(token as u32, at);
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The write path: writing a frame now or queueing what the socket would not
+//! take, flushing the queue when epoll says the socket is writable, the
+//! unsent-bytes bound, and every way a connection ends.
+//!
+//! A frame is written straight from the shared `Bytes`; only what the kernel
+//! refuses is queued, and queueing is a reference count, never a copy.
+
+use std::io::{self, IoSlice, Write};
+use std::net::Shutdown;
+use std::sync::atomic::Ordering;
+
+use std::os::fd::AsRawFd;
+
+use bytes::Bytes;
+use mio::unix::SourceFd;
+
+use crate::admin::metrics::WorkerMetrics;
+use crate::core::conn::{flag, Conn, State};
+use crate::core::worker::Worker;
+use crate::wire::close;
+use crate::wire::frame::close_frame;
+use crate::wire::handshake::{refusal, HandshakeError};
+
+/// Queue entries written per `writev`.
+const IOV_BATCH: usize = 64;
+
+/// Why a frame could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// Recoverable for the server, fatal for the connection: unsent bytes
+    /// passed the bound; it is closed with 4000 and may reconnect.
+    TooSlow,
+    /// Fatal for the connection: the socket failed (reset, broken pipe).
+    Broken(io::Error),
+}
+
+/// Writes `frame` now if nothing is queued before it, otherwise queues it.
+/// Returns the bytes written to the socket. Closing connections take nothing.
+pub fn write_or_queue(conn: &mut Conn, frame: &Bytes, bound: usize) -> Result<usize, SendError> {
+    if conn.state == State::Closing {
+        return Ok(0);
+    }
+    if conn.unsent() == 0 {
+        let n = match (&conn.socket).write(frame) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(SendError::Broken(e)),
+        };
+        if n < frame.len() {
+            queue(conn, frame.slice(n..));
+        }
+        return Ok(n);
+    }
+    if conn.unsent() + frame.len() > bound {
+        return Err(SendError::TooSlow);
+    }
+    queue(conn, frame.clone());
+    Ok(0)
+}
+
+fn queue(conn: &mut Conn, frame: Bytes) {
+    let rare = conn.rare();
+    rare.out_len += frame.len();
+    rare.out.push_back(frame);
+}
+
+/// Writes as much of the queue as the socket takes. `Ok(true)` when it is empty.
+fn flush(conn: &mut Conn) -> io::Result<(bool, usize)> {
+    let mut written = 0;
+    loop {
+        let Some(rare) = conn.rare.as_mut() else {
+            return Ok((true, written));
+        };
+        if rare.out.is_empty() {
+            conn.shrink();
+            return Ok((true, written));
+        }
+        let slices: Vec<IoSlice<'_>> = rare
+            .out
+            .iter()
+            .take(IOV_BATCH)
+            .map(|b| IoSlice::new(b))
+            .collect();
+        let mut n = match (&conn.socket).write_vectored(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, written)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        written += n;
+        rare.out_len -= n;
+        while n > 0 {
+            let Some(front) = rare.out.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                rare.out.pop_front();
+            } else {
+                let _ = front.split_to(n);
+                n = 0;
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// Sends one of our own frames (a reply, a pong, a ping) to `token`.
+    pub(super) fn send(&mut self, token: usize, frame: Bytes) {
+        let bound = self.config.max_outbound.get();
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        match write_or_queue(conn, &frame, bound) {
+            Ok(n) => {
+                let stats = &self.metrics.workers[self.id];
+                WorkerMetrics::add(&stats.frames_out, 1);
+                WorkerMetrics::add(&stats.bytes_out, n as u64);
+            }
+            Err(e) => self.on_send_error(token, e),
+        }
+    }
+
+    pub(super) fn on_send_error(&mut self, token: usize, err: SendError) {
+        match err {
+            SendError::TooSlow => {
+                WorkerMetrics::add(&self.stats().slow_closes, 1);
+                if let Some(conn) = self.conns.get_mut(token) {
+                    // Nobody waits for a slow reader: drop what it has not
+                    // started reading (it recovers on reconnect), keep the
+                    // frame already half written so the stream stays valid,
+                    // and put the close frame after it.
+                    if let Some(rare) = conn.rare.as_mut() {
+                        rare.out.truncate(1);
+                        rare.out_len = rare.out.front().map_or(0, |b| b.len());
+                    }
+                }
+                self.close_with(token, close::TOO_SLOW, "too slow");
+            }
+            SendError::Broken(e) => {
+                tracing::debug!(worker = self.id, token, error = %e, "write failed");
+                self.close_now(token);
+            }
+        }
+    }
+
+    /// The socket can take more: flush the queue, and finish a close once
+    /// our last bytes are out.
+    pub(super) fn on_writable(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        match flush(conn) {
+            Ok((done, n)) => {
+                WorkerMetrics::add(&self.metrics.workers[self.id].bytes_out, n as u64);
+                if done {
+                    self.after_flush(token);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(worker = self.id, token, error = %e, "flush failed");
+                self.close_now(token);
+            }
+        }
+    }
+
+    /// Once a closing connection's last bytes are out, half-close so the
+    /// peer sees our close frame or refusal and then end of stream.
+    fn after_flush(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if conn.state == State::Closing && !conn.has(flag::WRITE_SHUT) {
+            conn.set(flag::WRITE_SHUT);
+            if conn.socket.shutdown(Shutdown::Write).is_err() {
+                self.close_now(token);
+            }
+        }
+    }
+
+    /// Starts the close handshake with `code`: send the close frame, stop
+    /// all deliveries, and give the peer `close_timeout` to answer.
+    pub(super) fn close_with(&mut self, token: usize, code: u16, reason: &str) {
+        self.stats().count_close(code);
+        self.finish_with(token, Bytes::from(close_frame(code, reason, None)));
+    }
+
+    /// Answers a failed upgrade with its HTTP status and closes.
+    pub(super) fn refuse(&mut self, token: usize, err: HandshakeError) {
+        tracing::debug!(worker = self.id, token, status = err.status(), reason = %err, "upgrade refused");
+        WorkerMetrics::add(&self.stats().handshake_failures[err.index()], 1);
+        let body = refusal(&err, self.config.retry_after.0 as u32);
+        self.finish_with(token, Bytes::from(body));
+    }
+
+    /// Sends `last` as the final bytes of this connection and moves it to
+    /// `Closing`.
+    pub(super) fn finish_with(&mut self, token: usize, last: Bytes) {
+        self.index.unsubscribe_all(&mut self.conns, token as u32);
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if conn.state == State::Closing {
+            return;
+        }
+        conn.state = State::Closing;
+        conn.clear(flag::IN_TEXT | flag::IN_BINARY | flag::AWAIT_PONG | flag::PING_OUT);
+        if let Some(rare) = conn.rare.as_mut() {
+            rare.inbuf = Vec::new();
+            rare.message = Vec::new();
+        }
+        self.uncount(token);
+        if let Some(conn) = self.conns.get_mut(token) {
+            queue(conn, last);
+            WorkerMetrics::add(&self.metrics.workers[self.id].frames_out, 1);
+        }
+        let at = self.now + self.config.close_timeout.0 as u32;
+        self.set_timer(token, at);
+        self.on_writable(token);
+    }
+
+    /// Releases this connection's place under the connection limit.
+    fn uncount(&mut self, token: usize) {
+        if let Some(conn) = self.conns.get_mut(token) {
+            if conn.has(flag::COUNTED) {
+                conn.clear(flag::COUNTED);
+                self.metrics
+                    .open_connections
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Drops the connection now: the socket closes and every trace of it
+    /// leaves the index and the slab. A connection that was open and did not
+    /// go through a close handshake is counted as 1006.
+    pub(super) fn close_now(&mut self, token: usize) {
+        if self
+            .conns
+            .get(token)
+            .is_some_and(|c| c.state == State::Open)
+        {
+            self.stats().count_close(close::ABNORMAL);
+        }
+        self.index.unsubscribe_all(&mut self.conns, token as u32);
+        self.uncount(token);
+        if let Some(conn) = self.conns.try_remove(token) {
+            // Closing the fd removes it from epoll; deregistering first keeps
+            // that true even if the fd were ever duplicated.
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
+        }
+    }
+}

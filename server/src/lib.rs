@@ -1,0 +1,25 @@
+//! Surge: a WebSocket push server for booking surges.
+//!
+//! - `wire`: RFC 6455 bytes (frames, masking, handshake, close codes), shared
+//!   with client-sim.
+//! - `core`: worker threads with epoll, the slab of connections, the timer
+//!   wheel, and the read and write paths.
+//! - `channels`: channel names, the subscriber index, the browser's JSON
+//!   protocol and the broker that fans publications out to workers.
+//! - `api`: the publish API for the booking backend.
+//! - `admin`: health, metrics and stats on their own port.
+//! - `config`, `units`: options, defaults and their validation.
+//! - `server`: all of it started and stopped together.
+
+pub mod admin;
+pub mod api;
+pub mod channels;
+pub mod config;
+pub mod core;
+pub mod http;
+pub mod server;
+pub mod units;
+pub mod wire;
+
+pub use config::Config;
+pub use server::Server;

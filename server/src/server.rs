@@ -1,0 +1,127 @@
+//! A whole Surge server: binds the public, publish and admin listeners,
+//! starts the workers and the HTTP services, and shuts them down in order.
+//! Used by `main` and, unchanged, by the integration tests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::admin;
+use crate::admin::metrics::Metrics;
+use crate::api;
+use crate::channels::broker::Broker;
+use crate::config::Config;
+use crate::core::sys;
+use crate::core::worker::{Worker, WAKER};
+use crate::http::{BindError, Service};
+
+/// Why the server could not start. All are fatal at start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} for WebSocket clients: {source}")]
+    Public {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Http(#[from] BindError),
+    #[error("cannot start worker {id}: {source}")]
+    Worker { id: usize, source: std::io::Error },
+}
+
+/// A running server.
+pub struct Server {
+    pub public_addr: SocketAddr,
+    pub publish_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    broker: Arc<Broker>,
+    workers: Vec<JoinHandle<()>>,
+    publish: Service,
+    admin: Service,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Server {
+    /// Binds every listener and starts every thread. Port 0 picks a free port;
+    /// the chosen addresses are in the returned struct.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let config = Arc::new(config);
+        let public = |source| StartError::Public {
+            addr: config.listen,
+            source,
+        };
+        let listeners = sys::reuseport_listeners(config.listen, config.workers, config.backlog)
+            .map_err(public)?;
+        let public_addr = listeners[0].local_addr().map_err(public)?;
+        let max_connections = config.effective_max_connections();
+        let metrics = Arc::new(Metrics::new(config.workers, max_connections));
+
+        let mut polls = Vec::with_capacity(config.workers);
+        let mut wakers = Vec::with_capacity(config.workers);
+        for id in 0..config.workers {
+            let worker_err = |source| StartError::Worker { id, source };
+            let poll = mio::Poll::new().map_err(worker_err)?;
+            let waker = mio::Waker::new(poll.registry(), WAKER).map_err(worker_err)?;
+            polls.push(poll);
+            wakers.push(Arc::new(waker));
+        }
+        let (broker, inboxes) = Broker::new(wakers);
+        let broker = Arc::new(broker);
+
+        let mut workers = Vec::with_capacity(config.workers);
+        for (id, ((poll, listener), inbox)) in
+            polls.into_iter().zip(listeners).zip(inboxes).enumerate()
+        {
+            let worker_err = |source| StartError::Worker { id, source };
+            let worker = Worker::new(id, poll, listener, inbox, config.clone(), metrics.clone())
+                .map_err(worker_err)?;
+            let handle = std::thread::Builder::new()
+                .name(format!("surge-worker-{id}"))
+                .spawn(move || worker.run())
+                .map_err(worker_err)?;
+            workers.push(handle);
+        }
+
+        let stopping = Arc::new(AtomicBool::new(false));
+        let publish = api::spawn(&config, broker.clone(), metrics.clone())?;
+        let admin = admin::spawn(config.admin_listen, metrics.clone(), stopping.clone())?;
+        tracing::info!(
+            public = %public_addr,
+            publish = %publish.addr,
+            admin = %admin.addr,
+            workers = config.workers,
+            max_connections,
+            echo = config.echo,
+            "surge started"
+        );
+        Ok(Server {
+            public_addr,
+            publish_addr: publish.addr,
+            admin_addr: admin.addr,
+            metrics,
+            broker,
+            workers,
+            publish,
+            admin,
+            stopping,
+        })
+    }
+
+    /// Graceful shutdown: stop accepting, close every connection with 1001,
+    /// wait for the workers (each bounded by the shutdown timeout), then stop
+    /// the publish and admin services.
+    pub fn shutdown(self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.broker.shutdown();
+        for worker in self.workers {
+            if worker.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+        self.publish.stop();
+        self.admin.stop();
+        tracing::info!("surge stopped");
+    }
+}
