@@ -25,7 +25,7 @@ pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Flags beat environment variables, which beat the file, which beats the
 /// defaults.
 #[derive(Parser, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[command(name = "surge", version)]
+#[command(name = "surge", version, args_override_self = true)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Config {
     /// TOML file with any of the options below.
