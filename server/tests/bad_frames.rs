@@ -19,7 +19,10 @@ fn healthy(server: &Server) -> TcpStream {
 fn assert_still_served(server: &Server, s: &mut TcpStream, n: u32) {
     publish(server, "healthy", &n.to_string());
     let (_, payload) = read_frame(s).expect("publication");
-    assert_eq!(payload, format!(r#"{{"ch":"healthy","data":{n}}}"#).into_bytes());
+    assert_eq!(
+        payload,
+        format!(r#"{{"ch":"healthy","data":{n}}}"#).into_bytes()
+    );
 }
 
 fn cat(frames: &[Vec<u8>]) -> Vec<u8> {
@@ -49,14 +52,25 @@ fn each_frame_breach_closes_with_its_code_and_others_are_unaffected() {
         ("reserved bit without extension", reserved_bits, 1002),
         ("reserved opcode", reserved_opcode, 1002),
         ("fragmented ping", fragment(OpCode::Ping, false, b"x"), 1002),
-        ("ping over 125 bytes", masked(OpCode::Ping, &[b'p'; 126]), 1002),
+        (
+            "ping over 125 bytes",
+            masked(OpCode::Ping, &[b'p'; 126]),
+            1002,
+        ),
         ("invalid UTF-8 text", masked(OpCode::Text, b"ok \xff"), 1007),
         (
             "invalid UTF-8 across fragments",
-            cat(&[fragment(OpCode::Text, false, b"\xc3"), fragment(OpCode::Continuation, true, b"\x28")]),
+            cat(&[
+                fragment(OpCode::Text, false, b"\xc3"),
+                fragment(OpCode::Continuation, true, b"\x28"),
+            ]),
             1007,
         ),
-        ("message over the inbound limit", masked(OpCode::Text, &[b'a'; 16 * 1024 + 1]), 1009),
+        (
+            "message over the inbound limit",
+            masked(OpCode::Text, &[b'a'; 16 * 1024 + 1]),
+            1009,
+        ),
         (
             "fragments summing over the limit",
             cat(&[
@@ -65,18 +79,49 @@ fn each_frame_breach_closes_with_its_code_and_others_are_unaffected() {
             ]),
             1009,
         ),
-        ("continuation without a message", fragment(OpCode::Continuation, true, b"x"), 1002),
         (
-            "new message inside a fragmented one",
-            cat(&[fragment(OpCode::Text, false, b"a"), fragment(OpCode::Text, true, b"b")]),
+            "continuation without a message",
+            fragment(OpCode::Continuation, true, b"x"),
             1002,
         ),
-        ("binary message to the push server", masked(OpCode::Binary, b"\x00\x01"), 1003),
-        ("close with a one-byte payload", masked(OpCode::Close, b"\x03"), 1002),
-        ("close with reserved code 1005", masked(OpCode::Close, &1005u16.to_be_bytes()), 1002),
-        ("close with code 999", masked(OpCode::Close, &999u16.to_be_bytes()), 1002),
-        ("close reason not UTF-8", masked(OpCode::Close, b"\x03\xe8\xff\xfe"), 1007),
-        ("a clean close is echoed", masked(OpCode::Close, b"\x03\xe8bye"), 1000),
+        (
+            "new message inside a fragmented one",
+            cat(&[
+                fragment(OpCode::Text, false, b"a"),
+                fragment(OpCode::Text, true, b"b"),
+            ]),
+            1002,
+        ),
+        (
+            "binary message to the push server",
+            masked(OpCode::Binary, b"\x00\x01"),
+            1003,
+        ),
+        (
+            "close with a one-byte payload",
+            masked(OpCode::Close, b"\x03"),
+            1002,
+        ),
+        (
+            "close with reserved code 1005",
+            masked(OpCode::Close, &1005u16.to_be_bytes()),
+            1002,
+        ),
+        (
+            "close with code 999",
+            masked(OpCode::Close, &999u16.to_be_bytes()),
+            1002,
+        ),
+        (
+            "close reason not UTF-8",
+            masked(OpCode::Close, b"\x03\xe8\xff\xfe"),
+            1007,
+        ),
+        (
+            "a clean close is echoed",
+            masked(OpCode::Close, b"\x03\xe8bye"),
+            1000,
+        ),
     ];
     for (i, (what, bytes, code)) in cases.into_iter().enumerate() {
         let mut s = raw_ws(server.public_addr, "/ws");
@@ -93,8 +138,12 @@ fn each_frame_breach_closes_with_its_code_and_others_are_unaffected() {
 fn pings_are_answered_with_the_same_payload_and_fragments_with_pings_between_work() {
     let server = start(&[]);
     let mut s = raw_ws(server.public_addr, "/ws");
-    s.write_all(&masked(OpCode::Ping, b"are you there")).unwrap();
-    assert_eq!(read_frame(&mut s), Some((OpCode::Pong, b"are you there".to_vec())));
+    s.write_all(&masked(OpCode::Ping, b"are you there"))
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut s),
+        Some((OpCode::Pong, b"are you there".to_vec()))
+    );
     // A subscribe command split in three fragments with a ping in between.
     let cmd = br#"{"op":"sub","ch":"frag"}"#;
     s.write_all(&cat(&[
@@ -105,7 +154,10 @@ fn pings_are_answered_with_the_same_payload_and_fragments_with_pings_between_wor
     ]))
     .unwrap();
     assert_eq!(read_frame(&mut s), Some((OpCode::Pong, b"mid".to_vec())));
-    assert_eq!(read_frame(&mut s), Some((OpCode::Text, br#"{"op":"subscribed","ch":"frag"}"#.to_vec())));
+    assert_eq!(
+        read_frame(&mut s),
+        Some((OpCode::Text, br#"{"op":"subscribed","ch":"frag"}"#.to_vec()))
+    );
     server.shutdown();
 }
 
@@ -118,7 +170,13 @@ fn a_frame_trickled_byte_by_byte_is_reassembled() {
         s.write_all(&[byte]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    assert_eq!(read_frame(&mut s), Some((OpCode::Text, br#"{"op":"subscribed","ch":"slow/drip"}"#.to_vec())));
+    assert_eq!(
+        read_frame(&mut s),
+        Some((
+            OpCode::Text,
+            br#"{"op":"subscribed","ch":"slow/drip"}"#.to_vec()
+        ))
+    );
     server.shutdown();
 }
 
@@ -156,7 +214,12 @@ fn ping_flood_without_reading_is_closed_as_too_slow_and_others_are_unaffected() 
     let flooder = raw_ws(server.public_addr, "/ws");
     flooder.set_nonblocking(true).unwrap();
     let ping = masked(OpCode::Ping, &[b'f'; 125]);
-    let flood: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 2000).collect();
+    let flood: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 2000)
+        .collect();
     // Keep pushing pings (never reading pongs) until the server gives up on us.
     let mut flooder = flooder;
     for _ in 0..20_000 {

@@ -25,12 +25,18 @@ async fn unsubscribed_client_receives_nothing_more() {
     subscribe(&mut ws, "a").await;
     subscribe(&mut ws, "b").await;
     send_text(&mut ws, r#"{"op":"unsub","ch":"a"}"#).await;
-    assert_eq!(next_json(&mut ws).await, serde_json::json!({"op":"unsubscribed","ch":"a"}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        serde_json::json!({"op":"unsubscribed","ch":"a"})
+    );
     publish_async(&server, "a", "1").await;
     publish_async(&server, "b", "2").await;
     // Order on one connection is preserved, so if "a" had been delivered it
     // would come before "b".
-    assert_eq!(next_json(&mut ws).await, serde_json::json!({"ch":"b","data":2}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        serde_json::json!({"ch":"b","data":2})
+    );
     server.shutdown();
 }
 
@@ -40,10 +46,19 @@ async fn subscribe_at_connect_with_query() {
     let mut ws = connect(&server, "?ch=clinic%3A7&ch=user/12&ch=clinic:7").await;
     let mut confirmed = vec![next_json(&mut ws).await, next_json(&mut ws).await];
     confirmed.sort_by_key(|v| v["ch"].as_str().unwrap_or("").to_string());
-    assert_eq!(confirmed[0], serde_json::json!({"op":"subscribed","ch":"clinic:7"}));
-    assert_eq!(confirmed[1], serde_json::json!({"op":"subscribed","ch":"user/12"}));
+    assert_eq!(
+        confirmed[0],
+        serde_json::json!({"op":"subscribed","ch":"clinic:7"})
+    );
+    assert_eq!(
+        confirmed[1],
+        serde_json::json!({"op":"subscribed","ch":"user/12"})
+    );
     publish_async(&server, "user/12", r#""booked""#).await;
-    assert_eq!(next_json(&mut ws).await, serde_json::json!({"ch":"user/12","data":"booked"}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        serde_json::json!({"ch":"user/12","data":"booked"})
+    );
     server.shutdown();
 }
 
@@ -86,17 +101,26 @@ async fn bad_commands_get_error_frames_and_the_connection_stays_usable() {
     let mut ws = connect(&server, "").await;
     send_text(&mut ws, "not json").await;
     let e = next_json(&mut ws).await;
-    assert_eq!((e["op"].as_str(), e["code"].as_str()), (Some("error"), Some("bad_request")));
+    assert_eq!(
+        (e["op"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("bad_request"))
+    );
     send_text(&mut ws, r#"{"op":"sub","ch":"bad name!"}"#).await;
     let e = next_json(&mut ws).await;
-    assert_eq!((e["code"].as_str(), e["ch"].as_str()), (Some("bad_channel"), Some("bad name!")));
+    assert_eq!(
+        (e["code"].as_str(), e["ch"].as_str()),
+        (Some("bad_channel"), Some("bad name!"))
+    );
     subscribe(&mut ws, "one").await;
     subscribe(&mut ws, "one").await; // again: idempotent, still one subscription
     subscribe(&mut ws, "two").await;
     send_text(&mut ws, r#"{"op":"sub","ch":"three"}"#).await;
     assert_eq!(next_json(&mut ws).await["code"], "too_many_subscriptions");
     publish_async(&server, "one", "true").await;
-    assert_eq!(next_json(&mut ws).await, serde_json::json!({"ch":"one","data":true}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        serde_json::json!({"ch":"one","data":true})
+    );
     server.shutdown();
 }
 
@@ -107,10 +131,12 @@ async fn client_close_is_answered_with_the_same_code() {
     let server = start(&[]);
     let mut ws = connect(&server, "?ch=x").await;
     next_json(&mut ws).await;
-    ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(CloseFrame {
-        code: CloseCode::Normal,
-        reason: "bye".into(),
-    })))
+    ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(
+        CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        },
+    )))
     .await
     .unwrap();
     assert_eq!(close_code(&mut ws).await, 1000);

@@ -88,7 +88,10 @@ pub async fn subscribe(ws: &mut Ws, channel: &str) {
 /// The close code the server sent, reading past anything before it.
 pub async fn close_code(ws: &mut Ws) -> u16 {
     loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("close in time") {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
             Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
             Some(Ok(Message::Close(None))) => return 1005,
             Some(Ok(_)) => continue,
@@ -102,7 +105,11 @@ pub async fn close_code(ws: &mut Ws) -> u16 {
 pub fn post(server: &Server, path: &str, body: &str) -> (u16, String) {
     let url = format!("http://{}{}", server.publish_addr, path);
     let agent = ureq::AgentBuilder::new().timeout(WAIT).build();
-    match agent.post(&url).set("Content-Type", "application/json").send_string(body) {
+    match agent
+        .post(&url)
+        .set("Content-Type", "application/json")
+        .send_string(body)
+    {
         Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
         Err(e) => panic!("publish request failed: {e}"),
@@ -110,7 +117,11 @@ pub fn post(server: &Server, path: &str, body: &str) -> (u16, String) {
 }
 
 pub fn publish(server: &Server, channel: &str, data: &str) {
-    let (status, body) = post(server, "/api/publish", &format!(r#"{{"ch":"{channel}","data":{data}}}"#));
+    let (status, body) = post(
+        server,
+        "/api/publish",
+        &format!(r#"{{"ch":"{channel}","data":{data}}}"#),
+    );
     assert_eq!(status, 200, "{body}");
 }
 
@@ -119,7 +130,10 @@ pub async fn publish_async(server: &Server, channel: &str, data: &str) {
     tokio::task::spawn_blocking(move || {
         let url = format!("http://{addr}/api/publish");
         let body = format!(r#"{{"ch":"{channel}","data":{data}}}"#);
-        let r = ureq::post(&url).timeout(WAIT).send_string(&body).expect("publish");
+        let r = ureq::post(&url)
+            .timeout(WAIT)
+            .send_string(&body)
+            .expect("publish");
         assert_eq!(r.status(), 200);
     })
     .await
@@ -163,15 +177,23 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
 /// A raw socket that has completed the upgrade.
 pub fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
     let mut s = raw(addr);
-    s.write_all(&client_request(&addr.to_string(), path, "dGhlIHNhbXBsZSBub25jZQ=="))
-        .expect("write");
+    s.write_all(&client_request(
+        &addr.to_string(),
+        path,
+        "dGhlIHNhbXBsZSBub25jZQ==",
+    ))
+    .expect("write");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         s.read_exact(&mut byte).expect("upgrade answer");
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     s
 }
 
@@ -206,7 +228,11 @@ pub fn read_close_code(s: &mut TcpStream) -> Option<u16> {
     loop {
         let (op, p) = read_frame(s)?;
         if op == OpCode::Close {
-            return Some(if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 });
+            return Some(if p.len() >= 2 {
+                u16::from_be_bytes([p[0], p[1]])
+            } else {
+                1005
+            });
         }
     }
 }

@@ -1,0 +1,203 @@
+//! Slow consumers during fan-out, the publish API's answers, and the admin
+//! port, all through real sockets.
+
+mod common;
+
+use std::io::Read;
+
+use common::*;
+use futures_util::StreamExt;
+use surge::wire::frame::OpCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_is_closed_4000_and_others_receive_everything() {
+    let server = start(&["--max-outbound", "64KiB", "--max-publish-data", "16KiB"]);
+    // The slow reader never reads; a small receive buffer makes it fill fast.
+    let slow = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    slow.set_recv_buffer_size(4096).unwrap();
+    slow.connect(&server.public_addr.into()).unwrap();
+    let mut slow: std::net::TcpStream = slow.into();
+    slow.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(
+        &mut slow,
+        &surge::wire::handshake::client_request("t", "/ws?ch=flash", "dGhlIHNhbXBsZSBub25jZQ=="),
+    )
+    .unwrap();
+
+    let mut fast = connect(&server, "?ch=flash").await;
+    assert_eq!(next_json(&mut fast).await["op"], "subscribed");
+    let reader = tokio::spawn(async move {
+        let mut seen = 0u32;
+        while seen < 400 {
+            let v = next_json(&mut fast).await;
+            assert_eq!(v["data"]["n"], seen, "in order, none missing");
+            seen += 1;
+        }
+        fast
+    });
+    let blob = "x".repeat(15_000);
+    for n in 0..400 {
+        publish_async(&server, "flash", &format!(r#"{{"n":{n},"pad":"{blob}"}}"#)).await;
+    }
+    let _fast = tokio::time::timeout(WAIT * 3, reader)
+        .await
+        .expect("fast reader done")
+        .unwrap();
+    assert_eq!(metric(&server, "surge_slow_consumer_closes_total"), 1);
+    assert_eq!(metric(&server, "surge_closes_total{code=\"4000\"}"), 1);
+    // Reading now, the slow one finds whole frames and then the 4000 close.
+    let code = tokio::task::spawn_blocking(move || {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            slow.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        read_close_code(&mut slow)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(4000));
+    server.shutdown();
+}
+
+#[test]
+fn publish_api_answers_each_bad_request_with_its_status() {
+    let server = start(&["--max-publish-data", "1KiB", "--max-publish-body", "4KiB"]);
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "/api/publish",
+            r#"{"ch":"a","data":{"x":1}}"#.into(),
+            200,
+            "ok",
+        ),
+        ("/api/publish", "not json".into(), 400, "not a publication"),
+        ("/api/publish", r#"{"ch":"a"}"#.into(), 400, "missing field"),
+        (
+            "/api/publish",
+            r#"{"ch":"a","data":1,"extra":2}"#.into(),
+            400,
+            "unknown field",
+        ),
+        (
+            "/api/publish",
+            r#"{"ch":"bad name","data":1}"#.into(),
+            400,
+            "invalid channel",
+        ),
+        (
+            "/api/publish",
+            r#"{"ch":"a","data":{"x":1"#.into(),
+            400,
+            "not a publication",
+        ),
+        (
+            "/api/publish",
+            format!(r#"{{"ch":"a","data":"{}"}}"#, "d".repeat(2000)),
+            400,
+            "over the",
+        ),
+        (
+            "/api/publish",
+            format!(r#"{{"ch":"a","data":"{}"}}"#, "d".repeat(5000)),
+            413,
+            "body over",
+        ),
+        ("/api/nothing", "{}".into(), 404, "no such endpoint"),
+    ];
+    for (path, body, status, says) in cases {
+        let (got, text) = post(&server, path, &body);
+        assert_eq!(
+            got,
+            status,
+            "{path} {}: {text}",
+            &body[..body.len().min(40)]
+        );
+        assert!(text.contains(says), "{text} should say {says}");
+    }
+    let r = ureq::get(&format!("http://{}/api/publish", server.publish_addr)).call();
+    assert!(matches!(r, Err(ureq::Error::Status(405, _))));
+    assert_eq!(metric(&server, "surge_publish_rejected_total"), 7);
+    assert_eq!(metric(&server, "surge_publications_total"), 1);
+    server.shutdown();
+}
+
+#[test]
+fn publish_api_is_not_served_on_the_public_port_nor_websockets_on_admin() {
+    let server = start(&[]);
+    let answer = raw_http(
+        server.public_addr,
+        b"POST /api/publish HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let (status, _) = admin_get(&server, "/ws");
+    assert_eq!(status, 404);
+    let (status, _) = admin_get(&server, "/api/publish");
+    assert_eq!(status, 404);
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reports_health_metrics_and_stats() {
+    let server = start(&[]);
+    let mut ws = connect(&server, "").await;
+    subscribe(&mut ws, "m").await;
+    publish_async(&server, "m", "1").await;
+    next_json(&mut ws).await;
+    let (status, body) = admin_get(&server, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (_, text) = admin_get(&server, "/metrics");
+    for name in [
+        "surge_open_connections 1",
+        "surge_worker_connections{worker=\"0\"}",
+        "surge_worker_connections{worker=\"1\"}",
+        "surge_accepted_total 1",
+        "surge_publications_total 1",
+        "surge_deliveries_total 1",
+        "surge_slow_consumer_closes_total 0",
+        "surge_handshake_failures_total{reason=\"bad_key\"} 0",
+        "surge_closes_total{code=\"1000\"} 0",
+        "surge_frames_in_total 1",
+        "# TYPE surge_bytes_out_total counter",
+        "surge_resident_memory_bytes",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    let (_, stats) = admin_get(&server, "/stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["open_connections"], 1);
+    assert_eq!(stats["deliveries"], 1);
+    assert_eq!(stats["workers"].as_array().map(|w| w.len()), Some(2));
+    drop(ws.next());
+    server.shutdown();
+}
+
+#[test]
+fn admin_answers_while_the_data_port_is_flooded_with_connections() {
+    let server = start(&["--workers", "1"]);
+    // Hold many half-open upgrades and a busy publisher; admin still answers.
+    let held: Vec<_> = (0..500).map(|_| raw(server.public_addr)).collect();
+    let mut live: Vec<_> = (0..100)
+        .map(|_| raw_ws(server.public_addr, "/ws?ch=busy"))
+        .collect();
+    for s in live.iter_mut() {
+        read_frame(s).expect("subscribed");
+    }
+    for i in 0..20 {
+        publish(&server, "busy", &i.to_string());
+        let (status, body) = admin_get(&server, "/healthz");
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+    }
+    for s in live.iter_mut() {
+        for i in 0..20 {
+            let (op, payload) = read_frame(s).expect("publication");
+            assert_eq!(op, OpCode::Text);
+            assert_eq!(
+                payload,
+                format!(r#"{{"ch":"busy","data":{i}}}"#).into_bytes()
+            );
+        }
+    }
+    drop(held);
+    server.shutdown();
+}
