@@ -47,6 +47,7 @@ impl Server {
     /// Binds every listener and starts every thread. Port 0 picks a free port;
     /// the chosen addresses are in the returned struct.
     pub fn start(config: Config) -> Result<Server, StartError> {
+        sys::pin_mmap_threshold();
         let config = Arc::new(config);
         let public = |source| StartError::Public {
             addr: config.listen,

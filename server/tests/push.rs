@@ -44,7 +44,7 @@ async fn unsubscribed_client_receives_nothing_more() {
 async fn subscribe_at_connect_with_query() {
     let server = start(&[]);
     let mut ws = connect(&server, "?ch=clinic%3A7&ch=user/12&ch=clinic:7").await;
-    let mut confirmed = vec![next_json(&mut ws).await, next_json(&mut ws).await];
+    let mut confirmed = [next_json(&mut ws).await, next_json(&mut ws).await];
     confirmed.sort_by_key(|v| v["ch"].as_str().unwrap_or("").to_string());
     assert_eq!(
         confirmed[0],

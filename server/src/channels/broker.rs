@@ -15,7 +15,9 @@ use crate::wire::frame::{encode_frame, OpCode};
 
 /// Commands per worker queue. Bounded so a stalled worker pushes back on the
 /// publisher (slower HTTP answers, then 503) instead of growing without end.
-pub const WORKER_QUEUE: usize = 65_536;
+/// crossbeam touches every slot up front (56 bytes each), so this is 0.9 MB
+/// per worker; a worker drains thousands of commands per wake-up.
+pub const WORKER_QUEUE: usize = 16_384;
 /// How long a publish waits for room in a full worker queue before the
 /// publisher is told to retry.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);

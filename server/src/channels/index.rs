@@ -6,37 +6,57 @@
 //! is a swap-remove, and the one entry that moved has its back-pointer fixed.
 //! It must not write to sockets; fan-out reads `subscribers` and does that.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::{BuildHasher, RandomState};
 
+use compact_str::CompactString;
+use hashbrown::HashTable;
 use slab::Slab;
+use smallvec::SmallVec;
 
 use crate::core::conn::{Conn, Sub};
 
 /// A channel with at least one subscriber on this worker.
 pub struct Channel {
-    pub name: Arc<str>,
-    /// Tokens of subscribed connections, in no particular order.
-    pub subscribers: Vec<u32>,
+    /// Names up to 24 bytes (`user/12345678`, `clinic:42/slots`) live inline:
+    /// a private channel per user then costs no heap block for its name.
+    pub name: CompactString,
+    /// Tokens of subscribed connections, in no particular order. Up to four
+    /// live inline in the same 24 bytes a `Vec` header takes, so a private
+    /// `user/ID` channel (one subscriber) costs no heap block for its list.
+    pub subscribers: SmallVec<[u32; 4]>,
 }
 
 /// The connection already holds the most subscriptions it may.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TooManySubscriptions;
 
-/// Channel names come from browsers, so the map keeps std's keyed SipHash:
-/// a hostile client must not be able to pick names that collide.
+/// Name -> channel lookup is a table of bare `u32` ids hashed by the name
+/// stored once in the slab: 5 bytes a bucket instead of a map's 24-byte
+/// (name, id) pairs, which matters when every user has a private channel.
+/// Channel names come from browsers, so hashing is std's keyed SipHash: a
+/// hostile client must not be able to pick names that collide.
 #[derive(Default)]
 pub struct ChannelIndex {
-    by_name: HashMap<Arc<str>, u32>,
+    by_name: HashTable<u32>,
+    hasher: RandomState,
     channels: Slab<Channel>,
 }
 
 impl ChannelIndex {
+    fn find(&self, name: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(name);
+        self.by_name
+            .find(hash, |&id| {
+                self.channels
+                    .get(id as usize)
+                    .is_some_and(|c| &*c.name == name)
+            })
+            .copied()
+    }
+
     /// The channel called `name`, if anyone on this worker subscribes to it.
     pub fn get(&self, name: &str) -> Option<&Channel> {
-        let id = *self.by_name.get(name)?;
-        self.channels.get(id as usize)
+        self.channels.get(self.find(name)? as usize)
     }
 
     /// Channels with subscribers on this worker.
@@ -60,7 +80,7 @@ impl ChannelIndex {
         let Some(conn) = conns.get_mut(token as usize) else {
             return Ok(false);
         };
-        let existing = self.by_name.get(name).copied();
+        let existing = self.find(name);
         if let Some(id) = existing {
             if conn.subs.iter().any(|s| s.channel == id) {
                 return Ok(false);
@@ -72,12 +92,15 @@ impl ChannelIndex {
         let id = match existing {
             Some(id) => id,
             None => {
-                let name: Arc<str> = Arc::from(name);
                 let id = self.channels.insert(Channel {
-                    name: name.clone(),
-                    subscribers: Vec::with_capacity(1),
+                    name: CompactString::new(name),
+                    subscribers: SmallVec::new(),
                 }) as u32;
-                self.by_name.insert(name, id);
+                let (hasher, channels) = (&self.hasher, &self.channels);
+                self.by_name
+                    .insert_unique(hasher.hash_one(name), id, |&other| {
+                        hasher.hash_one(channels.get(other as usize).map_or("", |c| &*c.name))
+                    });
                 id
             }
         };
@@ -92,7 +115,7 @@ impl ChannelIndex {
 
     /// Unsubscribes `token` from `name`; `false` if it was not subscribed.
     pub fn unsubscribe(&mut self, conns: &mut Slab<Conn>, token: u32, name: &str) -> bool {
-        let Some(&id) = self.by_name.get(name) else {
+        let Some(id) = self.find(name) else {
             return false;
         };
         let Some(conn) = conns.get_mut(token as usize) else {
@@ -130,12 +153,16 @@ impl ChannelIndex {
         }
         if channel.subscribers.is_empty() {
             let channel = self.channels.remove(sub.channel as usize);
-            self.by_name.remove(&channel.name);
-        } else if channel.subscribers.capacity() > 4 * channel.subscribers.len() {
+            let hash = self.hasher.hash_one(&*channel.name);
+            if let Ok(entry) = self.by_name.find_entry(hash, |&id| id == sub.channel) {
+                entry.remove();
+            }
+        } else if channel.subscribers.spilled()
+            && channel.subscribers.capacity() > 4 * channel.subscribers.len()
+        {
             // After a mass disconnect, give memory back instead of keeping
             // the peak's capacity for every channel forever.
-            let keep = channel.subscribers.len() * 2;
-            channel.subscribers.shrink_to(keep);
+            channel.subscribers.shrink_to_fit();
         }
     }
 }

@@ -67,3 +67,20 @@ pub fn is_resource_exhaustion(err: &io::Error) -> bool {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
 }
+
+/// Keeps large allocations (the slabs, subscriber lists and hash tables
+/// that grow with connections) on their own mmap'd pages. glibc otherwise
+/// raises its mmap threshold after the first large free, so each doubling of
+/// a big vector leaves the old buffer resident in the heap; pinned, a
+/// realloc is an mremap: no copy and nothing left behind. Call once at start.
+pub fn pin_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator tuning; called before the
+        // worker threads start allocating.
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
+        if ok != 1 {
+            tracing::debug!("mallopt(M_MMAP_THRESHOLD) refused");
+        }
+    }
+}

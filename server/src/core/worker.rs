@@ -42,6 +42,9 @@ const MAX_ACCEPTS_PER_EVENT: usize = 256;
 /// Per-worker read buffer. One per worker, not per connection: a million
 /// idle sockets own no read buffer at all.
 const SCRATCH_LEN: usize = 64 * 1024;
+/// Most connections a worker's slab reserves up front (48 MB of address
+/// space at 48 bytes each); past it the slab grows as needed.
+const MAX_SLAB_RESERVE: usize = 1 << 20;
 /// Events taken from epoll per wait.
 const EVENTS: usize = 1024;
 
@@ -81,11 +84,16 @@ impl Worker {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let max_connections = config.effective_max_connections();
+        // Reserve the slab for this worker's share of the limit once: the
+        // pages are mapped but untouched until used, so this costs address
+        // space, not RSS, and growing by doubling would leave each old
+        // buffer resident in the allocator's heap.
+        let share = (max_connections / config.workers.max(1)).saturating_mul(5) / 4;
         Ok(Worker {
             id,
             poll,
             listener: Some(listener),
-            conns: Slab::new(),
+            conns: Slab::with_capacity(share.min(MAX_SLAB_RESERVE)),
             index: ChannelIndex::default(),
             wheel: TimerWheel::new(0),
             inbox,

@@ -4,6 +4,8 @@
 
 pub mod close;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod mask;
 

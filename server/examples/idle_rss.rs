@@ -1,0 +1,119 @@
+//! Measures Surge's user-space memory per idle connection: starts the release
+//! `surge` binary, opens N WebSocket connections each subscribed to two
+//! channels, and reports (RSS after - RSS before) / N of the server process.
+//!
+//! cargo build --release -p server && \
+//!   cargo run --release -p server --example idle_rss -- 18000 [shared|unique]
+//!
+//! `unique` (the default) subscribes each connection to one of 50 clinic
+//! channels and to its own `user/ID` channel, as browsers do; `shared` to two
+//! clinic channels. Stays under the 20,000 open files this machine allows
+//! per process: the server and this client are separate processes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use surge::wire::frame::{decode_header, Role};
+use surge::wire::handshake::client_request;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads the 101 head and `frames` frames, so we know the server has done
+/// all its work for this connection.
+fn read_upgrade_and_frames(s: &mut TcpStream, frames: usize) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(std::io::Error::other(
+            String::from_utf8_lossy(&head).into_owned(),
+        ));
+    }
+    for _ in 0..frames {
+        let mut hdr = [0u8; 2];
+        s.read_exact(&mut hdr)?;
+        let h = decode_header(&hdr, Role::Client)
+            .map_err(std::io::Error::other)?
+            .ok_or_else(|| std::io::Error::other("long frame in reply"))?;
+        let mut payload = vec![0u8; h.payload_len as usize];
+        s.read_exact(&mut payload)?;
+    }
+    Ok(())
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(18_000);
+    let mode = args.next().unwrap_or_else(|| "unique".into());
+    let bin = std::env::var("SURGE_BIN").unwrap_or_else(|_| "target/release/surge".into());
+    let mut server = Command::new(&bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--publish-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--max-connections", "19500", "--log", "warn"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {bin}: {e} (build it with cargo build --release -p server)")
+        });
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address line");
+    let ws = line
+        .split_whitespace()
+        .nth(2)
+        .expect("ws address")
+        .trim_start_matches("ws://");
+    let addr = ws.trim_end_matches("/ws").to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(server.id());
+
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let query = match mode.as_str() {
+            "shared" => format!("/ws?ch=clinic:{}&ch=clinic:{}", i % 50, (i + 1) % 50),
+            _ => format!("/ws?ch=clinic:{}&ch=user/{i}", i % 50),
+        };
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        s.write_all(&client_request(&addr, &query, "dGhlIHNhbXBsZSBub25jZQ=="))
+            .expect("write");
+        read_upgrade_and_frames(&mut s, 2).expect("upgrade and two subscriptions");
+        conns.push(s);
+    }
+    let ramp = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_kib(server.id());
+    let per_conn = (after.saturating_sub(before) * 1024) as f64 / n as f64;
+    println!(
+        "idle_rss: mode={mode} connections={n} ramp={:.1}s ({:.0} handshakes/s)",
+        ramp.as_secs_f64(),
+        n as f64 / ramp.as_secs_f64()
+    );
+    println!(
+        "idle_rss: server RSS before={before} KiB after={after} KiB delta={} KiB",
+        after.saturating_sub(before)
+    );
+    println!("idle_rss: user-space bytes per idle connection (2 channels): {per_conn:.0}");
+    drop(conns);
+    let _ = server.kill();
+    let _ = server.wait();
+}
