@@ -88,7 +88,13 @@ fn main() {
 
     let started = Instant::now();
     let mut conns = Vec::with_capacity(n);
+    let checkpoints = [n / 3, 2 * n / 3];
+    let mut at_checkpoint = Vec::new();
     for i in 0..n {
+        if checkpoints.contains(&i) && i > 0 {
+            std::thread::sleep(Duration::from_millis(500));
+            at_checkpoint.push((i, rss_kib(server.id())));
+        }
         let query = match mode.as_str() {
             "shared" => format!("/ws?ch=clinic:{}&ch=clinic:{}", i % 50, (i + 1) % 50),
             _ => format!("/ws?ch=clinic:{}&ch=user/{i}", i % 50),
@@ -113,6 +119,14 @@ fn main() {
         after.saturating_sub(before)
     );
     println!("idle_rss: user-space bytes per idle connection (2 channels): {per_conn:.0}");
+    at_checkpoint.push((n, after));
+    let points: Vec<String> = at_checkpoint.iter().map(|(c, kib)| format!("{c}:{kib}KiB")).collect();
+    if let (Some(first), Some(last)) = (at_checkpoint.first(), at_checkpoint.last()) {
+        if last.0 > first.0 {
+            let slope = (last.1.saturating_sub(first.1) * 1024) as f64 / (last.0 - first.0) as f64;
+            println!("idle_rss: RSS at {}; marginal bytes per connection {}..{}: {slope:.0}", points.join(" "), first.0, last.0);
+        }
+    }
     drop(conns);
     let _ = server.kill();
     let _ = server.wait();
