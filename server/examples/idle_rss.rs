@@ -120,11 +120,19 @@ fn main() {
     );
     println!("idle_rss: user-space bytes per idle connection (2 channels): {per_conn:.0}");
     at_checkpoint.push((n, after));
-    let points: Vec<String> = at_checkpoint.iter().map(|(c, kib)| format!("{c}:{kib}KiB")).collect();
+    let points: Vec<String> = at_checkpoint
+        .iter()
+        .map(|(c, kib)| format!("{c}:{kib}KiB"))
+        .collect();
     if let (Some(first), Some(last)) = (at_checkpoint.first(), at_checkpoint.last()) {
         if last.0 > first.0 {
             let slope = (last.1.saturating_sub(first.1) * 1024) as f64 / (last.0 - first.0) as f64;
-            println!("idle_rss: RSS at {}; marginal bytes per connection {}..{}: {slope:.0}", points.join(" "), first.0, last.0);
+            println!(
+                "idle_rss: RSS at {}; marginal bytes per connection {}..{}: {slope:.0}",
+                points.join(" "),
+                first.0,
+                last.0
+            );
         }
     }
     drop(conns);

@@ -6,5 +6,6 @@ pub mod conn;
 mod read;
 pub mod sys;
 pub mod timer;
+mod upgrade;
 pub mod worker;
 mod write;

@@ -8,19 +8,13 @@
 
 use std::io::{self, Read};
 
-use bytes::Bytes;
-
 use crate::admin::metrics::WorkerMetrics;
 use crate::channels::name;
 use crate::channels::protocol::{self, Command, ErrorCode};
-use crate::config::MAX_REQUEST_HEAD;
 use crate::core::conn::{flag, State};
 use crate::core::worker::{Worker, MAX_READS_PER_EVENT};
 use crate::wire::close;
 use crate::wire::frame::{decode_header, encode_frame, FrameError, FrameHeader, OpCode, Role};
-use crate::wire::handshake::{
-    parse_request, switching_protocols, validate_upgrade, HandshakeError, Request,
-};
 use crate::wire::mask::apply_mask;
 
 /// The one table from frame-level breaches to close codes.
@@ -156,81 +150,6 @@ impl Worker {
             State::Open => self.frames(token, buf),
             State::Closing => Some(buf.len()),
         }
-    }
-
-    /// Parses and answers the upgrade. `Some(0)`: the head is incomplete;
-    /// `Some(n)`: upgraded, the head took `n` bytes; `None`: refused.
-    fn handshake(&mut self, token: usize, buf: &[u8]) -> Option<usize> {
-        let req = match parse_request(buf, MAX_REQUEST_HEAD) {
-            Ok(Some(req)) => req,
-            Ok(None) => return Some(0),
-            Err(e) => {
-                self.refuse(token, e);
-                return None;
-            }
-        };
-        let (accept, channels) = match self.check_upgrade(&req) {
-            Ok(ok) => ok,
-            Err(e) => {
-                self.refuse(token, e);
-                return None;
-            }
-        };
-        let open = self
-            .metrics
-            .open_connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if open >= self.max_connections {
-            self.metrics
-                .open_connections
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            self.refuse(token, HandshakeError::AtCapacity);
-            return None;
-        }
-        let conn = self.conns.get_mut(token)?;
-        conn.state = State::Open;
-        conn.set(flag::COUNTED);
-        self.send(token, Bytes::from(switching_protocols(&accept)));
-        let at = self.now + self.config.ping_interval.0 as u32;
-        self.set_timer(token, at);
-        for channel in channels {
-            self.subscribe(token, &channel);
-        }
-        Some(req.head_len)
-    }
-
-    /// Route, upgrade headers, origin and `?ch=` subscriptions, all checked
-    /// before we answer 101, so a bad request is an HTTP error.
-    fn check_upgrade(&self, req: &Request<'_>) -> Result<(String, Vec<String>), HandshakeError> {
-        if req.path != "/ws" {
-            return Err(HandshakeError::NotFound);
-        }
-        let accept = validate_upgrade(req)?;
-        if !self.config.origin_allowed(req.origin) {
-            return Err(HandshakeError::OriginNotAllowed);
-        }
-        let mut channels: Vec<String> = Vec::new();
-        for (key, value) in form_urlencoded::parse(req.query.unwrap_or("").as_bytes()) {
-            if key != "ch" {
-                continue;
-            }
-            if !name::is_valid(&value) {
-                return Err(HandshakeError::BadQuery(format!(
-                    "invalid channel name '{value}'"
-                )));
-            }
-            if !channels.iter().any(|c| *c == value) {
-                channels.push(value.into_owned());
-            }
-        }
-        if channels.len() > self.config.max_subscriptions {
-            return Err(HandshakeError::BadQuery(format!(
-                "{} channels asked, at most {} allowed",
-                channels.len(),
-                self.config.max_subscriptions
-            )));
-        }
-        Ok((accept, channels))
     }
 
     /// Decodes, unmasks and dispatches every whole frame in `buf`; returns
@@ -417,7 +336,7 @@ impl Worker {
         Some(())
     }
 
-    fn subscribe(&mut self, token: usize, channel: &str) {
+    pub(super) fn subscribe(&mut self, token: usize, channel: &str) {
         let max = self.config.max_subscriptions;
         let reply = if !name::is_valid(channel) {
             protocol::error(Some(channel), ErrorCode::BadChannel, "invalid channel name")
