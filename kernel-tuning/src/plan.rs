@@ -1,0 +1,192 @@
+//! The plan: from a connection count and a role to the value of every key,
+//! each with its reason and the arithmetic behind it, rendered as an
+//! `/etc/sysctl.d/` drop-in, a systemd drop-in and a `limits.conf` line.
+
+use crate::keys::{self, Role};
+
+/// Kernel memory per TCP socket assumed when none is given, in bytes:
+/// `kernel-tuning measure` on the development machine (Linux 6.18, x86_64)
+/// gave 4835-4919 bytes of slab per idle socket; rounded up to 5 KiB.
+pub const DEFAULT_MEM_PER_CONN: u64 = 5120;
+const PAGE: u64 = 4096;
+/// Ephemeral ports per source address with `1024 65535`.
+const PORTS_PER_ADDRESS: u64 = 65535 - 1024 + 1;
+
+/// One planned key.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Setting {
+    pub key: &'static str,
+    pub values: Vec<u64>,
+    pub why: &'static str,
+    pub arithmetic: String,
+}
+
+/// A whole plan.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Plan {
+    pub connections: u64,
+    pub role: Role,
+    pub mem_per_conn: u64,
+    /// RLIMIT_NOFILE the Surge (or client-sim) process needs.
+    pub nofile: u64,
+    pub settings: Vec<Setting>,
+}
+
+fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+fn clamp_pow2(n: u64, lo: u64, hi: u64) -> u64 {
+    n.max(1).next_power_of_two().clamp(lo, hi)
+}
+
+/// Computes the plan for `connections` concurrent connections.
+pub fn plan(connections: u64, role: Role, mem_per_conn: u64) -> Plan {
+    let n = connections;
+    let nofile = round_up(n + n / 20 + 1024, 1024);
+    let mut settings = Vec::new();
+    let mut set = |key: &'static str, values: Vec<u64>, arithmetic: String| {
+        let k = keys::find(key).expect("planned keys are in the catalogue");
+        if k.applies_to(role) {
+            settings.push(Setting {
+                key,
+                values,
+                why: k.why,
+                arithmetic,
+            });
+        }
+    };
+    set(
+        "fs.file-max",
+        vec![nofile + 131_072],
+        format!("nofile {nofile} + 131072 for the rest of the system"),
+    );
+    set(
+        "fs.nr_open",
+        vec![nofile.max(1_048_576)],
+        format!("max(nofile {nofile}, kernel default 1048576)"),
+    );
+    let somaxconn = clamp_pow2(n / 64, 4096, 65535);
+    set(
+        "net.core.somaxconn",
+        vec![somaxconn],
+        format!("N/64 = {} to a power of two, within 4096..65535", n / 64),
+    );
+    let syn = (somaxconn * 2).min(262_144);
+    set(
+        "net.ipv4.tcp_max_syn_backlog",
+        vec![syn],
+        format!("2 x somaxconn {somaxconn}"),
+    );
+    let netdev = clamp_pow2(n / 64, 1024, 65536);
+    set(
+        "net.core.netdev_max_backlog",
+        vec![netdev],
+        format!("N/64 = {} to a power of two, within 1024..65536", n / 64),
+    );
+    let low = round_up(n * mem_per_conn, PAGE) / PAGE;
+    set(
+        "net.ipv4.tcp_mem",
+        vec![low, low * 3 / 2, low * 2],
+        format!("N {n} x {mem_per_conn} B / {PAGE} B pages = {low}; pressure 1.5x, high 2x"),
+    );
+    let rmem_default = if role == Role::Server { 8192 } else { 16384 };
+    set(
+        "net.ipv4.tcp_rmem",
+        vec![4096, rmem_default, 4_194_304],
+        format!("default {rmem_default} B: browsers send only small commands to a server"),
+    );
+    set(
+        "net.ipv4.tcp_wmem",
+        vec![4096, 16384, 4_194_304],
+        "kernel defaults; autotuning grows busy sockets".into(),
+    );
+    set(
+        "net.core.rmem_default",
+        vec![212_992],
+        "kernel default".into(),
+    );
+    set(
+        "net.core.wmem_default",
+        vec![212_992],
+        "kernel default".into(),
+    );
+    let conntrack = round_up(n * 5 / 4, 1024);
+    set(
+        "net.netfilter.nf_conntrack_max",
+        vec![conntrack],
+        format!("N x 1.25 for TIME_WAIT entries = {conntrack}"),
+    );
+    let addresses = n.div_ceil(PORTS_PER_ADDRESS);
+    set(
+        "net.ipv4.ip_local_port_range",
+        vec![1024, 65535],
+        format!("{PORTS_PER_ADDRESS} ports per source address: N needs {addresses} source address(es) (client-sim --src-ips)"),
+    );
+    set(
+        "net.ipv4.tcp_tw_reuse",
+        vec![1],
+        "on for outgoing connections".into(),
+    );
+    set(
+        "net.ipv4.tcp_fin_timeout",
+        vec![15],
+        "15 s instead of 60 s".into(),
+    );
+    set("net.ipv4.tcp_syncookies", vec![1], "on".into());
+    Plan {
+        connections: n,
+        role,
+        mem_per_conn,
+        nofile,
+        settings,
+    }
+}
+
+impl Plan {
+    /// The `/etc/sysctl.d/` drop-in; also the format of profile files.
+    pub fn sysctl_dropin(&self) -> String {
+        let role = match self.role {
+            Role::Server => "server",
+            Role::Loadgen => "loadgen",
+        };
+        let mut out = format!(
+            "# kernel-tuning plan: {} connections, role {role}, {} B kernel memory per connection.\n\
+             # Generated by: kernel-tuning plan --connections {} --role {role} --mem-per-conn {}\n\
+             # kernel-tuning: nofile = {}\n",
+            self.connections, self.mem_per_conn, self.connections, self.mem_per_conn, self.nofile
+        );
+        for s in &self.settings {
+            let conntrack = if keys::find(s.key).is_some_and(|k| k.conntrack) {
+                " (only if nf_conntrack is loaded)"
+            } else {
+                ""
+            };
+            out.push_str(&format!("\n# {}{conntrack}\n# {}\n", s.why, s.arithmetic));
+            let value = s
+                .values
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" ");
+            out.push_str(&format!("{} = {value}\n", s.key));
+        }
+        out
+    }
+
+    /// The systemd service drop-in.
+    pub fn systemd_dropin(&self) -> String {
+        format!(
+            "# /etc/systemd/system/surge.service.d/limits.conf\n[Service]\nLimitNOFILE={}\n",
+            self.nofile
+        )
+    }
+
+    /// The `/etc/security/limits.conf` lines (for services not run by systemd).
+    pub fn limits_conf(&self) -> String {
+        format!(
+            "# /etc/security/limits.d/surge.conf\nsurge soft nofile {0}\nsurge hard nofile {0}\n",
+            self.nofile
+        )
+    }
+}
