@@ -11,6 +11,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde::{Deserialize, Serialize};
 
+use crate::channels::history::{HistoryConfig, Retention};
 use crate::units::{ByteSize, Seconds};
 
 /// Request heads are capped at 8 KiB: a browser's upgrade is under 2 KiB, and
@@ -25,7 +26,12 @@ pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Flags beat environment variables, which beat the file, which beats the
 /// defaults.
 #[derive(Parser, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[command(name = "surge", version, args_override_self = true)]
+#[command(
+    name = "surge",
+    version,
+    args_override_self = true,
+    after_help = "Mint a private channel token for testing:\n  surge token --channel user/8812 --ttl 3600 --secret SECRET"
+)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Config {
     /// TOML file with any of the options below.
@@ -124,6 +130,57 @@ pub struct Config {
     /// How long shutdown waits for close handshakes before exiting.
     #[arg(long, env = "SURGE_SHUTDOWN_TIMEOUT", default_value = "5s")]
     pub shutdown_timeout: Seconds,
+
+    /// Publications each channel keeps for recovery. A browser that drops
+    /// for a few seconds during a surge misses tens, not hundreds.
+    #[arg(long, env = "SURGE_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+
+    /// Age after which publications leave a channel's history (its last
+    /// value always stays): longer than any reconnect backoff.
+    #[arg(long, env = "SURGE_HISTORY_TTL", default_value = "5m")]
+    pub history_ttl: Seconds,
+
+    /// Retention for channels under a prefix, as PREFIX=SIZE[,TTL]
+    /// (e.g. "user/=20,1h"; repeat or comma-free list). Longest prefix wins.
+    #[arg(
+        long = "history-rule",
+        env = "SURGE_HISTORY_RULES",
+        value_delimiter = ';'
+    )]
+    #[serde(default)]
+    pub history_rules: Vec<String>,
+
+    /// Cap on all history together; past it the oldest publications of any
+    /// channel go first. Bounds memory whatever the backend publishes.
+    #[arg(long, env = "SURGE_HISTORY_MAX_BYTES", default_value = "256MiB")]
+    pub history_max_bytes: ByteSize,
+
+    /// Channels under this prefix are private: subscribing needs a token
+    /// signed with --token-secret. Booking confirmations go there.
+    #[arg(long, env = "SURGE_PRIVATE_PREFIX", default_value = "user/")]
+    pub private_prefix: String,
+
+    /// Shared secret (16 bytes or more) the booking backend signs private
+    /// channel tokens with (HMAC-SHA256). Without it private channels refuse
+    /// every subscription.
+    #[arg(long, env = "SURGE_TOKEN_SECRET", hide_env_values = true)]
+    #[serde(default)]
+    pub token_secret: Option<String>,
+
+    /// API key the booking backend sends as `Authorization: Bearer KEY` on
+    /// every publish request. Without one, --publish-listen must be loopback.
+    #[arg(long, env = "SURGE_API_KEY", hide_env_values = true)]
+    #[serde(default)]
+    pub api_key: Option<String>,
+
+    /// Most publications in one POST /api/batch.
+    #[arg(long, env = "SURGE_MAX_BATCH", default_value_t = 10_000)]
+    pub max_batch: usize,
+
+    /// Largest /api/batch body (413 past it).
+    #[arg(long, env = "SURGE_MAX_BATCH_BODY", default_value = "16MiB")]
+    pub max_batch_body: ByteSize,
 
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "surge=debug".
     #[arg(long, env = "SURGE_LOG", default_value = "info")]
@@ -280,6 +337,35 @@ impl Config {
                 }
             }
         }
+        if self.api_key.is_none() && !self.publish_listen.ip().is_loopback() {
+            return fail(format!(
+                "--publish-listen {} is not loopback: set --api-key (SURGE_API_KEY) so only the booking backend can publish",
+                self.publish_listen
+            ));
+        }
+        if self.api_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return fail("--api-key must be at least 16 characters".into());
+        }
+        if self.token_secret.as_ref().is_some_and(|k| k.len() < 16) {
+            return fail("--token-secret must be at least 16 bytes".into());
+        }
+        if self.history_size == 0 {
+            return fail("--history-size must be at least 1 (the last value)".into());
+        }
+        if self.max_batch == 0 || self.max_batch > 1_000_000 {
+            return fail(format!(
+                "--max-batch must be 1..=1000000, got {}",
+                self.max_batch
+            ));
+        }
+        if self.max_batch > crate::channels::broker::WORKER_QUEUE {
+            return fail(format!(
+                "--max-batch {} exceeds the worker queue of {}",
+                self.max_batch,
+                crate::channels::broker::WORKER_QUEUE
+            ));
+        }
+        self.history_config()?;
         for origin in &self.allowed_origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return fail(format!(
@@ -299,6 +385,48 @@ impl Config {
         crate::core::sys::open_file_limit()
             .saturating_sub(64)
             .max(1)
+    }
+
+    /// History retention, with the per-prefix rules parsed.
+    pub fn history_config(&self) -> Result<HistoryConfig, ConfigError> {
+        let default = Retention {
+            size: self.history_size,
+            ttl_secs: self.history_ttl.0,
+        };
+        let mut rules = Vec::new();
+        for rule in &self.history_rules {
+            let bad = || {
+                ConfigError::Invalid(format!(
+                    "--history-rule '{rule}' must be PREFIX=SIZE[,TTL], e.g. user/=20,1h"
+                ))
+            };
+            let (prefix, rest) = rule.split_once('=').ok_or_else(bad)?;
+            let (size, ttl) = match rest.split_once(',') {
+                Some((size, ttl)) => (size, ttl.parse::<Seconds>().map_err(|_| bad())?.0),
+                None => (rest, default.ttl_secs),
+            };
+            let size: usize = size.trim().parse().map_err(|_| bad())?;
+            if prefix.is_empty() || size == 0 {
+                return Err(bad());
+            }
+            rules.push((
+                prefix.to_string(),
+                Retention {
+                    size,
+                    ttl_secs: ttl,
+                },
+            ));
+        }
+        Ok(HistoryConfig {
+            default,
+            rules,
+            max_bytes: self.history_max_bytes.get(),
+        })
+    }
+
+    /// Whether `channel` needs a token.
+    pub fn is_private(&self, channel: &str) -> bool {
+        !self.private_prefix.is_empty() && channel.starts_with(&self.private_prefix)
     }
 
     /// Whether `origin` may connect.
@@ -333,6 +461,36 @@ mod tests {
         assert!(bad(&["--max-message", "10"]).contains("--max-message"));
         assert!(bad(&["--allowed-origin", "example.com"]).contains("--allowed-origin"));
         assert!(bad(&["--listen", "127.0.0.1:9090"]).contains("two listeners"));
+        assert!(bad(&["--publish-listen", "0.0.0.0:8081"]).contains("--api-key"));
+        assert!(bad(&["--history-rule", "user/=lots"]).contains("--history-rule"));
+        assert!(bad(&["--token-secret", "short"]).contains("--token-secret"));
+        let ok = Config::load_from([
+            "surge",
+            "--publish-listen",
+            "0.0.0.0:8081",
+            "--api-key",
+            "0123456789abcdef",
+        ]);
+        assert!(ok.is_ok());
+        let c = Config::load_from(["surge", "--history-rule", "user/=20,1h;clinic:=500"]).unwrap();
+        let h = c.history_config().unwrap();
+        assert_eq!(
+            h.rules[0],
+            (
+                "user/".to_string(),
+                Retention {
+                    size: 20,
+                    ttl_secs: 3600
+                }
+            )
+        );
+        assert_eq!(
+            h.rules[1].1,
+            Retention {
+                size: 500,
+                ttl_secs: 300
+            }
+        );
     }
 
     #[test]

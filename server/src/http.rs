@@ -82,9 +82,22 @@ impl Service {
 
 /// Answers `request`; a client that went away is not our problem.
 pub fn respond(request: Request, status: u16, content_type: &str, body: String) {
+    respond_with(request, status, content_type, body, &[]);
+}
+
+/// As [`respond`], with extra headers.
+pub fn respond_with(
+    request: Request,
+    status: u16,
+    content_type: &str,
+    body: String,
+    headers: &[(&str, &str)],
+) {
     let mut response = Response::from_string(body).with_status_code(status);
-    if let Ok(h) = Header::from_bytes("Content-Type", content_type) {
-        response.add_header(h);
+    for (name, value) in std::iter::once(&("Content-Type", content_type)).chain(headers) {
+        if let Ok(h) = Header::from_bytes(*name, *value) {
+            response.add_header(h);
+        }
     }
     if let Err(e) = request.respond(response) {
         tracing::debug!(error = %e, "HTTP client went away before the answer");
@@ -93,8 +106,13 @@ pub fn respond(request: Request, status: u16, content_type: &str, body: String) 
 
 /// Answers with `{"error": message}`.
 pub fn respond_error(request: Request, status: u16, message: &str) {
+    respond_error_with(request, status, message, &[]);
+}
+
+/// As [`respond_error`], with extra headers.
+pub fn respond_error_with(request: Request, status: u16, message: &str, headers: &[(&str, &str)]) {
     let body = serde_json::json!({ "error": message }).to_string();
-    respond(request, status, "application/json", body);
+    respond_with(request, status, "application/json", body, headers);
 }
 
 /// Reads a request body of at most `max` bytes; `None` when it is larger.

@@ -1,5 +1,6 @@
 //! The `surge` binary: load the configuration, start the server, wait for
-//! SIGTERM or SIGINT, shut down gracefully.
+//! SIGTERM or SIGINT, shut down gracefully. `surge token ...` mints a private
+//! channel token for testing instead.
 
 use std::process::ExitCode;
 
@@ -8,7 +9,43 @@ use signal_hook::iterator::Signals;
 use surge::config::ConfigError;
 use surge::{Config, Server};
 
+/// Mints a token for a private channel, as the booking backend would.
+#[derive(clap::Parser)]
+#[command(name = "surge token")]
+struct TokenArgs {
+    /// The channel (or a prefix ending in `*`) the token grants.
+    #[arg(long)]
+    channel: String,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// The shared secret (as --token-secret of the server).
+    #[arg(long, env = "SURGE_TOKEN_SECRET", hide_env_values = true)]
+    secret: String,
+}
+
+fn mint(args: TokenArgs) -> ExitCode {
+    match surge::channels::token::TokenKey::new(args.secret.as_bytes()) {
+        Some(key) => {
+            println!(
+                "{}",
+                key.mint(&args.channel, surge::channels::token::unix_now() + args.ttl)
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("surge token: unusable secret");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("token") {
+        return mint(<TokenArgs as clap::Parser>::parse_from(
+            std::env::args().skip(1),
+        ));
+    }
     let config = match Config::load() {
         Ok(config) => config,
         Err(ConfigError::Cli(e)) => e.exit(),

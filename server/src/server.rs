@@ -11,6 +11,7 @@ use crate::admin;
 use crate::admin::metrics::Metrics;
 use crate::api;
 use crate::channels::broker::Broker;
+use crate::channels::history::History;
 use crate::config::Config;
 use crate::core::sys;
 use crate::core::worker::{Worker, WAKER};
@@ -26,6 +27,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Http(#[from] BindError),
+    #[error("{0}")]
+    Config(String),
     #[error("cannot start worker {id}: {source}")]
     Worker { id: usize, source: std::io::Error },
 }
@@ -70,14 +73,26 @@ impl Server {
         }
         let (broker, inboxes) = Broker::new(wakers);
         let broker = Arc::new(broker);
+        let history_config = config
+            .history_config()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let history = Arc::new(History::new(history_config));
 
         let mut workers = Vec::with_capacity(config.workers);
         for (id, ((poll, listener), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes).enumerate()
         {
             let worker_err = |source| StartError::Worker { id, source };
-            let worker = Worker::new(id, poll, listener, inbox, config.clone(), metrics.clone())
-                .map_err(worker_err)?;
+            let worker = Worker::new(
+                id,
+                poll,
+                listener,
+                inbox,
+                config.clone(),
+                metrics.clone(),
+                history.clone(),
+            )
+            .map_err(worker_err)?;
             let handle = std::thread::Builder::new()
                 .name(format!("surge-worker-{id}"))
                 .spawn(move || worker.run())
@@ -86,7 +101,7 @@ impl Server {
         }
 
         let stopping = Arc::new(AtomicBool::new(false));
-        let publish = api::spawn(&config, broker.clone(), metrics.clone())?;
+        let publish = api::spawn(&config, broker.clone(), history, metrics.clone())?;
         let admin = admin::spawn(config.admin_listen, metrics.clone(), stopping.clone())?;
         tracing::info!(
             public = %public_addr,

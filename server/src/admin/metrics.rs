@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
+use crate::channels::token::TokenError;
 use crate::wire::close;
 use crate::wire::handshake::HandshakeError;
 
@@ -41,6 +42,9 @@ pub struct WorkerMetrics {
     pub bytes_out: AtomicU64,
     pub deliveries: AtomicU64,
     pub slow_closes: AtomicU64,
+    /// Publications replayed to recovering subscribers.
+    pub replayed: AtomicU64,
+    pub token_refusals: [AtomicU64; TokenError::LABELS.len()],
     pub handshake_failures: [AtomicU64; HandshakeError::LABELS.len()],
     /// Indexed like [`CLOSE_CODES`], plus one slot for other codes.
     pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
@@ -68,6 +72,8 @@ pub struct Metrics {
     pub publish_requests: AtomicU64,
     pub publish_rejected: AtomicU64,
     pub publications: AtomicU64,
+    /// Updated by the publish API after each request.
+    pub history_bytes: AtomicU64,
     pub started: Instant,
     pub max_connections: usize,
 }
@@ -82,6 +88,7 @@ impl Metrics {
             publish_requests: AtomicU64::new(0),
             publish_rejected: AtomicU64::new(0),
             publications: AtomicU64::new(0),
+            history_bytes: AtomicU64::new(0),
             started: Instant::now(),
             max_connections,
         }
@@ -211,6 +218,36 @@ impl Metrics {
             "Connections closed for unsent bytes over the bound.",
             &one(slow),
         );
+        let replayed = self.sum(|w| &w.replayed);
+        metric(
+            "replayed_total",
+            "counter",
+            "Publications replayed to recovering subscribers.",
+            &one(replayed),
+        );
+        let refusals: Vec<_> = TokenError::LABELS
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    format!("{{reason=\"{l}\"}}"),
+                    self.sum(|w| &w.token_refusals[i]),
+                )
+            })
+            .collect();
+        metric(
+            "token_refusals_total",
+            "counter",
+            "Private channel subscriptions refused, by reason.",
+            &refusals,
+        );
+        let history = self.history_bytes.load(Relaxed);
+        metric(
+            "history_bytes",
+            "gauge",
+            "Bytes held by channel history and last values.",
+            &one(history),
+        );
         let reqs = self.publish_requests.load(Relaxed);
         metric(
             "publish_requests_total",
@@ -250,6 +287,8 @@ impl Metrics {
             "publications": self.publications.load(Relaxed),
             "deliveries": self.sum(|w| &w.deliveries),
             "slow_consumer_closes": self.sum(|w| &w.slow_closes),
+            "replayed": self.sum(|w| &w.replayed),
+            "history_bytes": self.history_bytes.load(Relaxed),
             "frames_in": self.sum(|w| &w.frames_in),
             "frames_out": self.sum(|w| &w.frames_out),
             "bytes_in": self.sum(|w| &w.bytes_in),

@@ -1,21 +1,24 @@
-//! `POST /api/publish`: one publication, `{"ch":"NAME","data":VALUE}`.
-//! Checks the request, encodes the frame once and hands it to the broker;
-//! it must not know about workers or connections.
+//! `POST /api/publish` (one publication, `{"ch":"NAME","data":VALUE}`) and
+//! `POST /api/batch` (a JSON array or NDJSON of up to `--max-batch` of them,
+//! applied in order). Checks the API key and every item before anything is
+//! published, then hands the lot to the history store, which numbers,
+//! encodes and queues them. It must not know about workers or connections.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
 use tiny_http::{Method, Request};
 
 use crate::admin::metrics::Metrics;
-use crate::channels::broker::{Broker, Publication};
+use crate::channels::broker::Broker;
+use crate::channels::history::History;
 use crate::channels::name;
 use crate::config::Config;
-use crate::http::{read_body, respond, respond_error, BindError, Service};
+use crate::http::{read_body, respond, respond_error_with, BindError, Service};
 
 /// Threads serving the publish API: a backend publishes from a few
 /// connections; each request is short work.
@@ -33,14 +36,20 @@ struct PublishBody<'a> {
 /// Why a publish request was refused; each maps to one status.
 #[derive(Debug, thiserror::Error)]
 enum PublishError {
+    #[error("missing or wrong API key (send Authorization: Bearer KEY)")]
+    Unauthorized,
     #[error("body over {0} bytes")]
     BodyTooLarge(usize),
-    #[error("body is not a publication: {0}")]
-    BadJson(String),
-    #[error("invalid channel name '{0}'")]
-    BadChannel(String),
-    #[error("data is {0} bytes, over the {1}-byte limit")]
-    DataTooLarge(usize, usize),
+    #[error("{0}body is not a publication: {1}")]
+    BadJson(String, String),
+    #[error("{0}invalid channel name '{1}'")]
+    BadChannel(String, String),
+    #[error("{0}data is {1} bytes, over the {2}-byte limit")]
+    DataTooLarge(String, usize, usize),
+    #[error("batch of {0} publications, over the limit of {1}")]
+    BatchTooLarge(usize, usize),
+    #[error("empty batch")]
+    EmptyBatch,
     #[error("{0}; retry shortly")]
     Overloaded(String),
     #[error("reading the body failed: {0}")]
@@ -50,81 +59,172 @@ enum PublishError {
 impl PublishError {
     fn status(&self) -> u16 {
         match self {
+            PublishError::Unauthorized => 401,
             PublishError::BodyTooLarge(_) => 413,
-            PublishError::BadJson(_)
-            | PublishError::BadChannel(_)
-            | PublishError::DataTooLarge(..) => 400,
             PublishError::Overloaded(_) => 503,
-            PublishError::Read(_) => 400,
+            _ => 400,
         }
     }
 }
 
 struct Ctx {
     broker: Arc<Broker>,
+    history: Arc<History>,
     metrics: Arc<Metrics>,
+    api_key: Option<String>,
     max_body: usize,
+    max_batch_body: usize,
     max_data: usize,
+    max_batch: usize,
 }
 
 /// Starts the publish API on `config.publish_listen`.
 pub fn spawn(
     config: &Config,
     broker: Arc<Broker>,
+    history: Arc<History>,
     metrics: Arc<Metrics>,
 ) -> Result<Service, BindError> {
     let ctx = Ctx {
         broker,
+        history,
         metrics,
+        api_key: config.api_key.clone(),
         max_body: config.max_publish_body.get(),
+        max_batch_body: config.max_batch_body.get(),
         max_data: config.max_publish_data.get(),
+        max_batch: config.max_batch,
     };
-    let addr: SocketAddr = config.publish_listen;
-    Service::start("publish API", addr, THREADS, move |request| {
-        handle(&ctx, request)
-    })
+    Service::start(
+        "publish API",
+        config.publish_listen,
+        THREADS,
+        move |request| handle(&ctx, request),
+    )
 }
 
 fn handle(ctx: &Ctx, mut request: Request) {
-    if request.url() != "/api/publish" {
-        return respond_error(request, 404, "no such endpoint; POST /api/publish");
-    }
+    let batch = match request.url() {
+        "/api/publish" => false,
+        "/api/batch" => true,
+        _ => {
+            return respond_error_with(
+                request,
+                404,
+                "no such endpoint; POST /api/publish or /api/batch",
+                &[],
+            )
+        }
+    };
     if request.method() != &Method::Post {
-        return respond_error(request, 405, "use POST");
+        return respond_error_with(request, 405, "use POST", &[("Allow", "POST")]);
     }
     ctx.metrics.publish_requests.fetch_add(1, Relaxed);
-    match publish(ctx, &mut request) {
-        Ok(()) => respond(
-            request,
-            200,
-            "application/json",
-            r#"{"ok":true}"#.to_string(),
-        ),
+    let result = authorize(ctx, &request).and_then(|()| publish(ctx, &mut request, batch));
+    ctx.metrics
+        .history_bytes
+        .store(ctx.history.bytes() as u64, Relaxed);
+    match result {
+        Ok(body) => respond(request, 200, "application/json", body),
         Err(e) => {
             ctx.metrics.publish_rejected.fetch_add(1, Relaxed);
             tracing::debug!(error = %e, "publish refused");
-            respond_error(request, e.status(), &e.to_string());
+            let challenge: &[(&str, &str)] = if matches!(e, PublishError::Unauthorized) {
+                &[("WWW-Authenticate", "Bearer")]
+            } else {
+                &[]
+            };
+            respond_error_with(request, e.status(), &e.to_string(), challenge);
         }
     }
 }
 
-fn publish(ctx: &Ctx, request: &mut Request) -> Result<(), PublishError> {
-    let body = read_body(request, ctx.max_body)
+/// `Authorization: Bearer KEY`, compared in constant time.
+fn authorize(ctx: &Ctx, request: &Request) -> Result<(), PublishError> {
+    let Some(key) = &ctx.api_key else {
+        return Ok(());
+    };
+    let given = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+        Ok(())
+    } else {
+        Err(PublishError::Unauthorized)
+    }
+}
+
+/// Parses the body (one publication, or a batch as a JSON array or NDJSON).
+fn parse(body: &[u8], batch: bool) -> Result<Vec<PublishBody<'_>>, PublishError> {
+    let json_err = |e: serde_json::Error| PublishError::BadJson(String::new(), e.to_string());
+    if !batch {
+        return Ok(vec![serde_json::from_slice(body).map_err(json_err)?]);
+    }
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        return serde_json::from_slice(body).map_err(json_err);
+    }
+    body.split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| line.iter().any(|b| !b.is_ascii_whitespace()))
+        .map(|(i, line)| {
+            serde_json::from_slice(line)
+                .map_err(|e| PublishError::BadJson(format!("line {}: ", i + 1), e.to_string()))
+        })
+        .collect()
+}
+
+fn publish(ctx: &Ctx, request: &mut Request, batch: bool) -> Result<String, PublishError> {
+    let max_body = if batch {
+        ctx.max_batch_body
+    } else {
+        ctx.max_body
+    };
+    let body = read_body(request, max_body)
         .map_err(|e| PublishError::Read(e.to_string()))?
-        .ok_or(PublishError::BodyTooLarge(ctx.max_body))?;
-    let parsed: PublishBody<'_> =
-        serde_json::from_slice(&body).map_err(|e| PublishError::BadJson(e.to_string()))?;
-    if !name::is_valid(&parsed.ch) {
-        return Err(PublishError::BadChannel(parsed.ch.into_owned()));
+        .ok_or(PublishError::BodyTooLarge(max_body))?;
+    let items = parse(&body, batch)?;
+    if items.is_empty() {
+        return Err(PublishError::EmptyBatch);
     }
-    let data = parsed.data.get();
-    if data.len() > ctx.max_data {
-        return Err(PublishError::DataTooLarge(data.len(), ctx.max_data));
+    if items.len() > ctx.max_batch {
+        return Err(PublishError::BatchTooLarge(items.len(), ctx.max_batch));
     }
-    let publication = Publication::encode(&parsed.ch, data);
-    ctx.broker
-        .publish(std::slice::from_ref(&publication))
+    let at = |i: usize| {
+        if batch {
+            format!("item {i}: ")
+        } else {
+            String::new()
+        }
+    };
+    for (i, item) in items.iter().enumerate() {
+        if !name::is_valid(&item.ch) {
+            return Err(PublishError::BadChannel(at(i), item.ch.to_string()));
+        }
+        if item.data.get().len() > ctx.max_data {
+            return Err(PublishError::DataTooLarge(
+                at(i),
+                item.data.get().len(),
+                ctx.max_data,
+            ));
+        }
+    }
+    let pairs: Vec<(&str, &str)> = items.iter().map(|p| (&*p.ch, p.data.get())).collect();
+    let positions = ctx
+        .history
+        .publish(&pairs, &ctx.broker)
         .map_err(|e| PublishError::Overloaded(e.to_string()))?;
-    ctx.metrics.publications.fetch_add(1, Relaxed);
-    Ok(())
+    ctx.metrics
+        .publications
+        .fetch_add(positions.len() as u64, Relaxed);
+    let answer = |(epoch, off): &(Arc<str>, u64)| format!(r#"{{"off":{off},"epoch":"{epoch}"}}"#);
+    if batch {
+        let results: Vec<String> = positions.iter().map(answer).collect();
+        Ok(format!(r#"{{"results":[{}]}}"#, results.join(",")))
+    } else {
+        Ok(positions.first().map(answer).unwrap_or_default())
+    }
 }

@@ -8,39 +8,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
-
-use crate::channels::protocol;
-use crate::wire::frame::{encode_frame, OpCode};
+use crossbeam_channel::{Receiver, Sender};
 
 /// Commands per worker queue. Bounded so a stalled worker pushes back on the
 /// publisher (slower HTTP answers, then 503) instead of growing without end.
 /// crossbeam touches every slot up front (56 bytes each), so this is 0.9 MB
 /// per worker; a worker drains thousands of commands per wake-up.
 pub const WORKER_QUEUE: usize = 16_384;
-/// How long a publish waits for room in a full worker queue before the
-/// publisher is told to retry.
+/// How long shutdown waits for room in a full worker queue.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One publication, ready for every subscriber's socket.
+/// One publication, ready for every subscriber's socket: encoded once (by
+/// the history store), the same `Bytes` for every worker and subscriber.
 #[derive(Clone, Debug)]
 pub struct Publication {
     pub channel: Arc<str>,
-    /// The whole frame: header and `{"ch":...,"data":...}` payload.
+    /// The whole frame: header and `{"ch":..,"off":..,"epoch":..,"data":..}`.
     pub frame: Bytes,
-}
-
-impl Publication {
-    /// Encodes the frame once; `data` is valid JSON, copied byte for byte.
-    pub fn encode(channel: &str, data: &str) -> Publication {
-        let payload = protocol::publication(channel, data);
-        let mut frame = Vec::with_capacity(payload.len() + 10);
-        encode_frame(&mut frame, OpCode::Text, &payload, None);
-        Publication {
-            channel: Arc::from(channel),
-            frame: Bytes::from(frame),
-        }
-    }
+    /// Global publication order; see `history.rs` for why workers track it.
+    pub seq: u64,
 }
 
 /// What a worker is told through its queue.
@@ -93,30 +79,34 @@ impl Broker {
         (Broker { outlets }, inboxes)
     }
 
-    /// Sends a batch of publications to every worker, then wakes each once.
-    pub fn publish(&self, batch: &[Publication]) -> Result<(), Overloaded> {
+    /// Whether every worker's queue has room for `n` more publications.
+    /// Only the history store sends publications, under its lock, so room
+    /// seen here is still there when it sends.
+    pub fn has_room(&self, n: usize) -> bool {
+        self.outlets.iter().all(|o| WORKER_QUEUE - o.tx.len() >= n)
+    }
+
+    /// Queues `publication` for every worker (after [`Broker::has_room`]).
+    pub fn send(&self, publication: Publication) {
         for (i, outlet) in self.outlets.iter().enumerate() {
-            for publication in batch {
-                match outlet.tx.try_send(Command::Publish(publication.clone())) {
-                    Ok(()) => {}
-                    Err(crossbeam_channel::TrySendError::Full(cmd)) => {
-                        // Wake the worker so it drains while we wait.
-                        Self::wake(outlet);
-                        match outlet.tx.send_timeout(cmd, SEND_TIMEOUT) {
-                            Ok(()) => {}
-                            Err(
-                                SendTimeoutError::Timeout(_) | SendTimeoutError::Disconnected(_),
-                            ) => return Err(Overloaded(i)),
-                        }
-                    }
-                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
-                        return Err(Overloaded(i))
-                    }
-                }
+            if outlet
+                .tx
+                .try_send(Command::Publish(publication.clone()))
+                .is_err()
+            {
+                tracing::error!(
+                    worker = i,
+                    "worker queue full despite the room check; publication lost for it"
+                );
             }
+        }
+    }
+
+    /// Wakes every worker that is not already awake.
+    pub fn wake_all(&self) {
+        for outlet in &self.outlets {
             Self::wake(outlet);
         }
-        Ok(())
     }
 
     /// Tells every worker to shut down.

@@ -11,11 +11,25 @@ pub enum Command<'a> {
     Sub {
         #[serde(borrow)]
         ch: std::borrow::Cow<'a, str>,
+        /// Recover what was missed after this position.
+        #[serde(default, borrow)]
+        since: Option<SinceJson<'a>>,
+        /// Required for private channels.
+        #[serde(default, borrow)]
+        token: Option<std::borrow::Cow<'a, str>>,
     },
     Unsub {
         #[serde(borrow)]
         ch: std::borrow::Cow<'a, str>,
     },
+}
+
+/// `"since":{"epoch":"E","off":N}` in a subscribe command.
+#[derive(Debug, Deserialize)]
+pub struct SinceJson<'a> {
+    #[serde(borrow)]
+    pub epoch: std::borrow::Cow<'a, str>,
+    pub off: u64,
 }
 
 /// Error codes in `{"op":"error","code":...}`. None of them closes the
@@ -28,6 +42,8 @@ pub enum ErrorCode {
     BadChannel,
     /// Subscription limit per connection reached.
     TooManySubscriptions,
+    /// A private channel without a valid token.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -36,6 +52,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::BadChannel => "bad_channel",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -57,6 +74,26 @@ pub fn reply(op: &str, channel: &str) -> Vec<u8> {
     out
 }
 
+/// `{"op":"subscribed","ch":"NAME"}`, with the channel's `epoch` and last
+/// `off` when it has history, and `recovered` when the client asked to
+/// recover.
+pub fn subscribed(
+    channel: &str,
+    position: Option<(&str, u64)>,
+    recovered: Option<bool>,
+) -> Vec<u8> {
+    let mut out = reply("subscribed", channel);
+    out.pop(); // the closing brace
+    if let Some((epoch, off)) = position {
+        out.extend_from_slice(format!(r#","epoch":"{epoch}","off":{off}"#).as_bytes());
+    }
+    if let Some(recovered) = recovered {
+        out.extend_from_slice(format!(r#","recovered":{recovered}"#).as_bytes());
+    }
+    out.push(b'}');
+    out
+}
+
 /// `{"op":"error","ch":...,"code":...,"message":...}`; `channel` may be
 /// anything the browser sent, so it is escaped.
 pub fn error(channel: Option<&str>, code: ErrorCode, message: &str) -> Vec<u8> {
@@ -69,30 +106,27 @@ pub fn error(channel: Option<&str>, code: ErrorCode, message: &str) -> Vec<u8> {
     value.to_string().into_bytes()
 }
 
-/// The payload of a publication: `{"ch":"NAME","data":VALUE}`, with VALUE
-/// copied byte for byte from what the backend published.
-pub fn publication(channel: &str, data: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(17 + channel.len() + data.len());
-    out.extend_from_slice(b"{\"ch\":\"");
-    out.extend_from_slice(channel.as_bytes());
-    out.extend_from_slice(b"\",\"data\":");
-    out.extend_from_slice(data.as_bytes());
-    out.push(b'}');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn commands_parse_and_unknown_ones_do_not() {
-        assert!(
-            matches!(parse_command(r#"{"op":"sub","ch":"a"}"#), Ok(Command::Sub { ch }) if ch == "a")
+        let c = parse_command(r#"{"op":"sub","ch":"a"}"#);
+        assert!(matches!(c, Ok(Command::Sub { ch, since: None, token: None }) if ch == "a"));
+        let c = parse_command(
+            r#"{"op":"sub","ch":"user/1","token":"t","since":{"epoch":"e1","off":7}}"#,
         );
-        assert!(
-            matches!(parse_command(r#"{"ch":"a/b","op":"unsub"}"#), Ok(Command::Unsub { ch }) if ch == "a/b")
-        );
+        assert!(matches!(
+            c,
+            Ok(Command::Sub {
+                since: Some(SinceJson { off: 7, .. }),
+                token: Some(_),
+                ..
+            })
+        ));
+        let c = parse_command(r#"{"ch":"a/b","op":"unsub"}"#);
+        assert!(matches!(c, Ok(Command::Unsub { ch }) if ch == "a/b"));
         assert!(parse_command(r#"{"op":"pub","ch":"a"}"#).is_err());
         assert!(parse_command("not json").is_err());
     }
@@ -100,12 +134,17 @@ mod tests {
     #[test]
     fn encodings_are_valid_json() {
         let v: serde_json::Value =
-            serde_json::from_slice(&publication("c", r#"{"slots":[1,2]}"#)).unwrap();
-        assert_eq!(v["data"]["slots"][1], 2);
+            serde_json::from_slice(&subscribed("c", Some(("e", 4)), Some(false))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"subscribed","ch":"c","epoch":"e","off":4,"recovered":false})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&subscribed("c", None, None)).unwrap();
+        assert_eq!(v, serde_json::json!({"op":"subscribed","ch":"c"}));
         let v: serde_json::Value =
             serde_json::from_slice(&error(Some("a\"b"), ErrorCode::BadChannel, "no")).unwrap();
         assert_eq!(v["ch"], "a\"b");
-        let v: serde_json::Value = serde_json::from_slice(&reply("subscribed", "c")).unwrap();
-        assert_eq!(v["op"], "subscribed");
+        let v: serde_json::Value = serde_json::from_slice(&reply("unsubscribed", "c")).unwrap();
+        assert_eq!(v["op"], "unsubscribed");
     }
 }

@@ -9,8 +9,10 @@
 use std::io::{self, Read};
 
 use crate::admin::metrics::WorkerMetrics;
+use crate::channels::history::{Recovery, Since};
 use crate::channels::name;
 use crate::channels::protocol::{self, Command, ErrorCode};
+use crate::channels::token::{unix_now, TokenError};
 use crate::core::conn::{flag, State};
 use crate::core::worker::{Worker, MAX_READS_PER_EVENT};
 use crate::wire::close;
@@ -318,7 +320,17 @@ impl Worker {
         // Validated as UTF-8 on the way in.
         let text = std::str::from_utf8(payload).ok()?;
         match protocol::parse_command(text) {
-            Ok(Command::Sub { ch }) => self.subscribe(token, &ch),
+            Ok(Command::Sub {
+                ch,
+                since,
+                token: auth,
+            }) => {
+                let since = since.as_ref().map(|s| Since {
+                    epoch: &s.epoch,
+                    off: s.off,
+                });
+                self.subscribe(token, &ch, since, auth.as_deref());
+            }
             Ok(Command::Unsub { ch }) => {
                 let reply = if name::is_valid(&ch) {
                     self.index.unsubscribe(&mut self.conns, token as u32, &ch);
@@ -336,24 +348,86 @@ impl Worker {
         Some(())
     }
 
-    pub(super) fn subscribe(&mut self, token: usize, channel: &str) {
+    /// A subscribe command: name rules, the token for a private channel,
+    /// then the subscription itself.
+    fn subscribe(
+        &mut self,
+        token: usize,
+        channel: &str,
+        since: Option<Since<'_>>,
+        auth: Option<&str>,
+    ) {
+        if !name::is_valid(channel) {
+            let reply =
+                protocol::error(Some(channel), ErrorCode::BadChannel, "invalid channel name");
+            return self.send_text(token, reply);
+        }
+        if let Err(e) = self.check_token(channel, auth) {
+            let reply = protocol::error(Some(channel), ErrorCode::Forbidden, &e.to_string());
+            return self.send_text(token, reply);
+        }
+        self.subscribe_checked(token, channel, since);
+    }
+
+    /// Checks (and counts a refusal of) the token a private channel needs.
+    pub(super) fn check_token(&self, channel: &str, auth: Option<&str>) -> Result<(), TokenError> {
+        if !self.config.is_private(channel) {
+            return Ok(());
+        }
+        let result = match (&self.tokens, auth) {
+            (None, _) => Err(TokenError::NoSecret),
+            (_, None) => Err(TokenError::Missing),
+            (Some(key), Some(t)) => key.verify(t, channel, unix_now()),
+        };
+        if let Err(e) = result {
+            WorkerMetrics::add(&self.stats().token_refusals[e.index()], 1);
+        }
+        result
+    }
+
+    /// Subscribes, answers, and sends the replay or the last value: the
+    /// reply goes first, then history, then (from the queue) live frames.
+    pub(super) fn subscribe_checked(
+        &mut self,
+        token: usize,
+        channel: &str,
+        since: Option<Since<'_>>,
+    ) {
         let max = self.config.max_subscriptions;
-        let reply = if !name::is_valid(channel) {
-            protocol::error(Some(channel), ErrorCode::BadChannel, "invalid channel name")
-        } else {
-            match self
-                .index
-                .subscribe(&mut self.conns, token as u32, channel, max)
-            {
-                Ok(_) => protocol::reply("subscribed", channel),
-                Err(_) => protocol::error(
-                    Some(channel),
-                    ErrorCode::TooManySubscriptions,
-                    &format!("at most {max} subscriptions per connection"),
-                ),
+        let added = match self
+            .index
+            .subscribe(&mut self.conns, token as u32, channel, max)
+        {
+            Ok(added) => added,
+            Err(_) => {
+                let message = format!("at most {max} subscriptions per connection");
+                let reply =
+                    protocol::error(Some(channel), ErrorCode::TooManySubscriptions, &message);
+                return self.send_text(token, reply);
             }
         };
-        self.send_text(token, reply);
+        // Already subscribed: it has had everything live; nothing to replay.
+        let recovery = self
+            .history
+            .recover(channel, since.filter(|_| added), self.passed_seq);
+        let recovery = if added {
+            recovery
+        } else {
+            Recovery {
+                frames: Vec::new(),
+                ..recovery
+            }
+        };
+        let position = recovery.position.as_ref().map(|(e, off)| (&**e, *off));
+        self.send_text(
+            token,
+            protocol::subscribed(channel, position, recovery.recovered),
+        );
+        let replayed = recovery.frames.len() as u64;
+        for frame in recovery.frames {
+            self.send(token, frame);
+        }
+        WorkerMetrics::add(&self.stats().replayed, replayed);
     }
 
     fn send_text(&mut self, token: usize, payload: Vec<u8>) {

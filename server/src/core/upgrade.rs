@@ -51,7 +51,7 @@ impl Worker {
         let at = self.now + self.config.ping_interval.0 as u32;
         self.set_timer(token, at);
         for channel in channels {
-            self.subscribe(token, &channel);
+            self.subscribe_checked(token, &channel, None);
         }
         Some(req.head_len)
     }
@@ -78,6 +78,14 @@ impl Worker {
             }
             if !channels.iter().any(|c| *c == value) {
                 channels.push(value.into_owned());
+            }
+        }
+        let auth = form_urlencoded::parse(req.query.unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned());
+        for channel in &channels {
+            if let Err(e) = self.check_token(channel, auth.as_deref()) {
+                return Err(HandshakeError::Forbidden(format!("{channel}: {e}")));
             }
         }
         if channels.len() > self.config.max_subscriptions {

@@ -20,7 +20,9 @@ use slab::Slab;
 
 use crate::admin::metrics::{Metrics, WorkerMetrics};
 use crate::channels::broker::{Command, Inbox, Publication};
+use crate::channels::history::History;
 use crate::channels::index::ChannelIndex;
+use crate::channels::token::TokenKey;
 use crate::config::Config;
 use crate::core::conn::{flag, Conn, State};
 use crate::core::sys;
@@ -59,6 +61,11 @@ pub struct Worker {
     pub(super) config: Arc<Config>,
     pub(super) max_connections: usize,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) history: Arc<History>,
+    pub(super) tokens: Option<TokenKey>,
+    /// Sequence number of the last publication dequeued: history entries up
+    /// to it will not come through the queue again (see `history.rs`).
+    pub(super) passed_seq: u64,
     /// Seconds since `epoch`: the worker's clock for the timer wheel.
     pub(super) now: u32,
     epoch: Instant,
@@ -80,10 +87,15 @@ impl Worker {
         inbox: Inbox,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
+        history: Arc<History>,
     ) -> io::Result<Worker> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let max_connections = config.effective_max_connections();
+        let tokens = config
+            .token_secret
+            .as_ref()
+            .and_then(|s| TokenKey::new(s.as_bytes()));
         // Reserve the slab for this worker's share of the limit once: the
         // pages are mapped but untouched until used, so this costs address
         // space, not RSS, and growing by doubling would leave each old
@@ -100,6 +112,9 @@ impl Worker {
             config,
             max_connections,
             metrics,
+            history,
+            tokens,
+            passed_seq: 0,
             now: 0,
             epoch: Instant::now(),
             scratch: vec![0; SCRATCH_LEN],
@@ -233,6 +248,7 @@ impl Worker {
     /// Writes one encoded frame to every subscriber of its channel on this
     /// worker: the same `Bytes`, no copy, no encode.
     fn fan_out(&mut self, publication: &Publication) {
+        self.passed_seq = publication.seq;
         let Some(channel) = self.index.get(&publication.channel) else {
             return;
         };

@@ -52,6 +52,8 @@ pub enum HandshakeError {
     BadKey,
     #[error("origin not allowed")]
     OriginNotAllowed,
+    #[error("private channel refused: {0}")]
+    Forbidden(String),
     #[error("no such path")]
     NotFound,
     #[error("bad query: {0}")]
@@ -75,7 +77,7 @@ impl HandshakeError {
             | HandshakeError::BadQuery(_) => 400,
             HandshakeError::HeadTooLarge(_) => 431,
             HandshakeError::BadVersion => 426,
-            HandshakeError::OriginNotAllowed => 403,
+            HandshakeError::OriginNotAllowed | HandshakeError::Forbidden(_) => 403,
             HandshakeError::NotFound => 404,
             HandshakeError::AtCapacity => 503,
             HandshakeError::Timeout => 408,
@@ -94,6 +96,7 @@ impl HandshakeError {
             HandshakeError::BadVersion => "bad_version",
             HandshakeError::BadKey => "bad_key",
             HandshakeError::OriginNotAllowed => "origin",
+            HandshakeError::Forbidden(_) => "forbidden",
             HandshakeError::NotFound => "not_found",
             HandshakeError::BadQuery(_) => "bad_query",
             HandshakeError::AtCapacity => "at_capacity",
@@ -102,7 +105,7 @@ impl HandshakeError {
     }
 
     /// Every label, for metrics that must list all of them from the start.
-    pub const LABELS: [&'static str; 13] = [
+    pub const LABELS: [&'static str; 14] = [
         "malformed",
         "head_too_large",
         "not_get",
@@ -116,6 +119,7 @@ impl HandshakeError {
         "bad_query",
         "at_capacity",
         "timeout",
+        "forbidden",
     ];
 
     /// Index into [`Self::LABELS`].

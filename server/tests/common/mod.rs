@@ -236,3 +236,13 @@ pub fn read_close_code(s: &mut TcpStream) -> Option<u16> {
         }
     }
 }
+
+/// Checks a publication payload: channel, data, and that it carries an
+/// offset and epoch; returns the offset.
+pub fn assert_publication(payload: &[u8], channel: &str, data: serde_json::Value) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(payload).expect("publication is JSON");
+    assert_eq!(v["ch"], channel, "{v}");
+    assert_eq!(v["data"], data, "{v}");
+    assert!(v["epoch"].is_string(), "{v}");
+    v["off"].as_u64().expect("publication has an offset")
+}
