@@ -6,8 +6,8 @@
 //!   cargo run --release -p server --example idle_rss -- 18000 [shared|unique]
 //!
 //! `unique` (the default) subscribes each connection to one of 50 clinic
-//! channels and to its own `user/ID` channel, as browsers do; `shared` to two
-//! clinic channels. Stays under the 20,000 open files this machine allows
+//! channels and to its own private `user/ID` channel with a signed token, as
+//! browsers do; `shared` to two clinic channels. Stays under the 20,000 open files this machine allows
 //! per process: the server and this client are separate processes.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,6 +15,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use surge::channels::token::{unix_now, TokenKey};
 use surge::wire::frame::{decode_header, Role};
 use surge::wire::handshake::client_request;
 
@@ -53,6 +54,8 @@ fn read_upgrade_and_frames(s: &mut TcpStream, frames: usize) -> std::io::Result<
     Ok(())
 }
 
+const SECRET: &str = "idle-rss-measurement-secret";
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(18_000);
@@ -67,7 +70,14 @@ fn main() {
             "--admin-listen",
             "127.0.0.1:0",
         ])
-        .args(["--max-connections", "19500", "--log", "warn"])
+        .args([
+            "--max-connections",
+            "19500",
+            "--log",
+            "warn",
+            "--token-secret",
+            SECRET,
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| {
@@ -86,6 +96,7 @@ fn main() {
     std::thread::sleep(Duration::from_millis(300));
     let before = rss_kib(server.id());
 
+    let tokens = TokenKey::new(SECRET.as_bytes()).expect("token key");
     let started = Instant::now();
     let mut conns = Vec::with_capacity(n);
     let checkpoints = [n / 3, 2 * n / 3];
@@ -97,7 +108,11 @@ fn main() {
         }
         let query = match mode.as_str() {
             "shared" => format!("/ws?ch=clinic:{}&ch=clinic:{}", i % 50, (i + 1) % 50),
-            _ => format!("/ws?ch=clinic:{}&ch=user/{i}", i % 50),
+            _ => format!(
+                "/ws?ch=clinic:{}&ch=user/{i}&token={}",
+                i % 50,
+                tokens.mint(&format!("user/{i}"), unix_now() + 3600)
+            ),
         };
         let mut s = TcpStream::connect(&addr).expect("connect");
         s.write_all(&client_request(&addr, &query, "dGhlIHNhbXBsZSBub25jZQ=="))

@@ -153,3 +153,30 @@ async fn sigterm_closes_every_connection_with_1001_and_exits_0() {
     });
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn surge_token_mints_a_token_the_server_accepts() {
+    let secret = "binary-test-shared-secret";
+    let out = Command::new(BIN)
+        .args(["token", "--channel", "user/77", "--ttl", "60"])
+        .env("SURGE_TOKEN_SECRET", secret)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap();
+    let key = surge::channels::token::TokenKey::new(secret.as_bytes()).unwrap();
+    assert_eq!(
+        key.verify(token.trim(), "user/77", surge::channels::token::unix_now()),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_public_publish_listener_without_an_api_key_is_refused() {
+    let out = Command::new(BIN)
+        .args(["--publish-listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-key"));
+}

@@ -246,3 +246,41 @@ pub fn assert_publication(payload: &[u8], channel: &str, data: serde_json::Value
     assert!(v["epoch"].is_string(), "{v}");
     v["off"].as_u64().expect("publication has an offset")
 }
+
+/// POSTs with an optional bearer key; returns status, body and the
+/// WWW-Authenticate header.
+pub fn post_with_key(
+    server: &Server,
+    path: &str,
+    body: &str,
+    key: Option<&str>,
+) -> (u16, String, Option<String>) {
+    let url = format!("http://{}{}", server.publish_addr, path);
+    let mut req = ureq::post(&url).timeout(WAIT);
+    if let Some(key) = key {
+        req = req.set("Authorization", &format!("Bearer {key}"));
+    }
+    match req.send_string(body) {
+        Ok(r) => (r.status(), String::new(), None),
+        Err(ureq::Error::Status(code, r)) => {
+            let challenge = r.header("WWW-Authenticate").map(String::from);
+            (code, r.into_string().unwrap_or_default(), challenge)
+        }
+        Err(e) => panic!("request failed: {e}"),
+    }
+}
+
+/// Publishes and returns (epoch, offset) from the answer.
+pub fn publish_at(server: &Server, channel: &str, data: &str) -> (String, u64) {
+    let (status, body) = post(
+        server,
+        "/api/publish",
+        &format!(r#"{{"ch":"{channel}","data":{data}}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+    (
+        v["epoch"].as_str().expect("epoch").to_string(),
+        v["off"].as_u64().expect("off"),
+    )
+}

@@ -1,0 +1,338 @@
+//! Private booking channels with signed tokens, the publish API key, batch
+//! publishing, and a slow consumer that recovers everything it missed.
+
+mod common;
+
+use std::io::Read;
+
+use common::*;
+use serde_json::{json, Value};
+use surge::channels::token::{unix_now, TokenKey};
+
+const SECRET: &str = "booking-backend-shared-secret-1";
+const KEY: &str = "publish-api-key-0123456789";
+
+fn token(scope: &str, expires: u64) -> String {
+    TokenKey::new(SECRET.as_bytes())
+        .unwrap()
+        .mint(scope, expires)
+}
+
+async fn sub_with(ws: &mut Ws, channel: &str, token: Option<&str>) -> Value {
+    let mut cmd = json!({"op":"sub","ch":channel});
+    if let Some(t) = token {
+        cmd["token"] = json!(t);
+    }
+    send_text(ws, &cmd.to_string()).await;
+    next_json(ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_channels_need_a_valid_token_for_that_channel() {
+    let server = start(&["--token-secret", SECRET]);
+    let mut ws = connect(&server, "").await;
+    let later = unix_now() + 3600;
+    let forged = TokenKey::new(b"not-the-backend-secret!!")
+        .unwrap()
+        .mint("user/8812", later);
+    for (what, tok, reason) in [
+        ("missing", None, "missing"),
+        ("bad signature", Some(forged), "bad_signature"),
+        (
+            "other user's channel",
+            Some(token("user/9999", later)),
+            "wrong_channel",
+        ),
+        (
+            "expired",
+            Some(token("user/8812", unix_now() - 10)),
+            "expired",
+        ),
+        ("garbage", Some("not.a.token".to_string()), "malformed"),
+    ] {
+        let e = sub_with(&mut ws, "user/8812", tok.as_deref()).await;
+        assert_eq!(
+            (e["op"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("forbidden")),
+            "{what}: {e}"
+        );
+        assert_eq!(
+            metric(
+                &server,
+                &format!("surge_token_refusals_total{{reason=\"{reason}\"}}")
+            ),
+            1,
+            "{what}"
+        );
+    }
+    // Refused subscriptions receive nothing; the valid one gets the confirmation.
+    let ok = sub_with(&mut ws, "user/8812", Some(&token("user/8812", later))).await;
+    assert_eq!(ok["op"], "subscribed", "{ok}");
+    publish_async(&server, "user/8812", r#"{"booking":"B-1","slot":"09:15"}"#).await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(
+        (v["ch"].as_str(), v["data"]["booking"].as_str()),
+        (Some("user/8812"), Some("B-1"))
+    );
+    // A prefix token covers the channels under it.
+    let prefix = sub_with(
+        &mut ws,
+        "user/8812/receipts",
+        Some(&token("user/8812/*", later)),
+    )
+    .await;
+    assert_eq!(prefix["op"], "subscribed");
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_channel_at_connect_needs_the_token_in_the_query() {
+    let server = start(&["--token-secret", SECRET]);
+    let refused = raw_http(
+        server.public_addr,
+        b"GET /ws?ch=user/5 HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let t = token("user/5", unix_now() + 60);
+    let mut ws = connect(&server, &format!("?ch=user/5&token={t}")).await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_booking_confirmation_is_recovered_after_reconnect() {
+    let server = start(&["--token-secret", SECRET]);
+    let t = token("user/42", unix_now() + 3600);
+    let mut ws = connect(&server, "").await;
+    let reply = sub_with(&mut ws, "user/42", Some(&t)).await;
+    assert_eq!(reply["op"], "subscribed");
+    publish_async(&server, "user/42", r#"{"status":"pending"}"#).await;
+    let pending = next_json(&mut ws).await;
+    drop(ws); // the phone went through a tunnel
+    publish_async(
+        &server,
+        "user/42",
+        r#"{"status":"confirmed","booking":"B-77"}"#,
+    )
+    .await;
+    let mut ws = connect(&server, "").await;
+    let cmd = json!({"op":"sub","ch":"user/42","token":t,"since":{"epoch":pending["epoch"],"off":pending["off"]}});
+    send_text(&mut ws, &cmd.to_string()).await;
+    assert_eq!(next_json(&mut ws).await["recovered"], true);
+    let confirmation = next_json(&mut ws).await;
+    assert_eq!(
+        confirmation["data"],
+        json!({"status":"confirmed","booking":"B-77"})
+    );
+    server.shutdown();
+}
+
+#[test]
+fn publish_api_key_is_required_when_configured() {
+    let server = start(&["--api-key", KEY]);
+    let body = r#"{"ch":"a","data":1}"#;
+    let (status, text, challenge) = post_with_key(&server, "/api/publish", body, None);
+    assert_eq!(
+        (status, challenge.as_deref()),
+        (401, Some("Bearer")),
+        "{text}"
+    );
+    let (status, _, _) = post_with_key(
+        &server,
+        "/api/publish",
+        body,
+        Some("publish-api-key-0123456780"),
+    );
+    assert_eq!(status, 401);
+    let (status, _, _) = post_with_key(&server, "/api/batch", &format!("[{body}]"), None);
+    assert_eq!(status, 401);
+    let (status, _, _) = post_with_key(&server, "/api/publish", body, Some(KEY));
+    assert_eq!(status, 200);
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_10000_over_100_channels_reaches_every_subscriber_in_order() {
+    let server = start(&[]);
+    let mut clients = Vec::new();
+    for c in 0..100 {
+        for _ in 0..2 {
+            clients.push((c, connect(&server, &format!("?ch=clinic:{c}")).await));
+        }
+    }
+    for (_, ws) in clients.iter_mut() {
+        assert_eq!(next_json(ws).await["op"], "subscribed");
+    }
+    let items: Vec<Value> = (0..10_000)
+        .map(|i| json!({"ch": format!("clinic:{}", i % 100), "data": {"i": i}}))
+        .collect();
+    let body = serde_json::to_string(&items).unwrap();
+    let addr = server.publish_addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        ureq::post(&format!("http://{addr}/api/batch"))
+            .timeout(WAIT)
+            .send_string(&body)
+            .unwrap()
+            .into_string()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10_000);
+    assert_eq!(results[0]["off"], 1);
+    assert_eq!(
+        results[9_999]["off"], 100,
+        "the 100th publication on clinic:99"
+    );
+    for (c, ws) in clients.iter_mut() {
+        for k in 0..100u64 {
+            let v = next_json(ws).await;
+            assert_eq!(v["ch"], format!("clinic:{c}"));
+            assert_eq!(
+                (v["off"].as_u64(), v["data"]["i"].as_u64()),
+                (Some(k + 1), Some(k * 100 + *c as u64))
+            );
+        }
+    }
+    assert_eq!(metric(&server, "surge_deliveries_total"), 20_000);
+    server.shutdown();
+}
+
+#[test]
+fn ndjson_batches_work_and_a_bad_item_publishes_nothing() {
+    let server = start(&["--max-batch", "3"]);
+    let (status, body) = post(
+        &server,
+        "/api/batch",
+        "{\"ch\":\"a\",\"data\":1}\n\n{\"ch\":\"b\",\"data\":2}\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["results"][1]["off"],
+        1
+    );
+    let (status, body) = post(
+        &server,
+        "/api/batch",
+        r#"[{"ch":"a","data":2},{"ch":"no good","data":3}]"#,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("item 1") && body.contains("no good"),
+        "{body}"
+    );
+    let (status, body) = post(
+        &server,
+        "/api/batch",
+        "{\"ch\":\"a\",\"data\":2}\nnot json\n",
+    );
+    assert!(status == 400 && body.contains("line 2"), "{body}");
+    let (status, body) = post(
+        &server,
+        "/api/batch",
+        r#"[{"ch":"a","data":1},{"ch":"a","data":1},{"ch":"a","data":1},{"ch":"a","data":1}]"#,
+    );
+    assert!(
+        status == 400 && body.contains("over the limit of 3"),
+        "{body}"
+    );
+    // Nothing of the refused batches was published: "a" is still at offset 1.
+    assert_eq!(publish_at(&server, "a", "9").1, 2);
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_closed_as_too_slow_recovers_everything_after_reconnect() {
+    const N: u64 = 400;
+    let server = start(&[
+        "--max-outbound",
+        "64KiB",
+        "--max-publish-data",
+        "16KiB",
+        "--history-size",
+        "1000",
+    ]);
+    let slow = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    slow.set_recv_buffer_size(4096).unwrap();
+    slow.connect(&server.public_addr.into()).unwrap();
+    let mut slow: std::net::TcpStream = slow.into();
+    slow.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(
+        &mut slow,
+        &surge::wire::handshake::client_request("t", "/ws?ch=flash", "dGhlIHNhbXBsZSBub25jZQ=="),
+    )
+    .unwrap();
+    let mut fast = connect(&server, "?ch=flash").await;
+    assert_eq!(next_json(&mut fast).await["op"], "subscribed");
+    let reader = tokio::spawn(async move {
+        for n in 1..=N {
+            assert_eq!(next_json(&mut fast).await["off"].as_u64(), Some(n));
+        }
+    });
+    let pad = "x".repeat(15_000);
+    for n in 1..=N {
+        publish_async(&server, "flash", &format!(r#"{{"n":{n},"pad":"{pad}"}}"#)).await;
+    }
+    tokio::time::timeout(WAIT * 3, reader)
+        .await
+        .expect("fast reader in time")
+        .unwrap();
+    assert_eq!(metric(&server, "surge_slow_consumer_closes_total"), 1);
+
+    // What the slow one got before its 4000 close: whole frames, in order.
+    let (epoch, got) = tokio::task::spawn_blocking(move || {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            slow.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let mut epoch = String::new();
+        let mut got = Vec::new();
+        loop {
+            let (op, payload) = read_frame(&mut slow).expect("frames then a close");
+            match op {
+                surge::wire::frame::OpCode::Close => {
+                    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 4000);
+                    break;
+                }
+                surge::wire::frame::OpCode::Text => {
+                    let v: Value = serde_json::from_slice(&payload).unwrap();
+                    if let Some(off) = v["off"].as_u64() {
+                        epoch = v["epoch"].as_str().unwrap().to_string();
+                        got.push(off);
+                    }
+                }
+                _ => {}
+            }
+        }
+        (epoch, got)
+    })
+    .await
+    .unwrap();
+    assert!(
+        got.len() < N as usize,
+        "it was cut off ({} of {N})",
+        got.len()
+    );
+    assert!(
+        got.iter().copied().eq(1..=got.len() as u64),
+        "in order, no gap"
+    );
+
+    let last = got.last().copied().unwrap_or(0);
+    let mut again = connect(&server, "").await;
+    let cmd = json!({"op":"sub","ch":"flash","since":{"epoch":epoch,"off":last}});
+    send_text(&mut again, &cmd.to_string()).await;
+    assert_eq!(next_json(&mut again).await["recovered"], true);
+    for off in last + 1..=N {
+        assert_eq!(
+            next_json(&mut again).await["off"].as_u64(),
+            Some(off),
+            "recovered in order"
+        );
+    }
+    server.shutdown();
+}
