@@ -299,7 +299,15 @@ impl History {
                 frames: snapshot(),
             };
         };
-        let front_off = log.entries.front().map_or(log.last_off + 1, |e| e.off);
+        // Age is enforced lazily when a channel publishes; a quiet channel's
+        // expired entries are treated as gone here so the promise holds.
+        let now = self.now();
+        let live = |e: &&Entry| e.at + log.retention.ttl_secs >= now || e.off == log.last_off;
+        let front_off = log
+            .entries
+            .iter()
+            .find(live)
+            .map_or(log.last_off + 1, |e| e.off);
         let reachable =
             since.epoch == &*log.epoch && since.off <= log.last_off && since.off + 1 >= front_off;
         if !reachable {
@@ -368,4 +376,99 @@ fn snapshot_frame(channel: &str, epoch: &str, e: &Entry) -> Bytes {
     let mut frame = Vec::with_capacity(payload.len() + 10);
     encode_frame(&mut frame, OpCode::Text, payload.as_bytes(), None);
     Bytes::from(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(
+        size: usize,
+        ttl_secs: u64,
+        max_bytes: usize,
+    ) -> (History, Broker, Vec<crate::channels::broker::Inbox>) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (broker, inboxes) = Broker::new(vec![waker]);
+        let config = HistoryConfig {
+            default: Retention { size, ttl_secs },
+            rules: Vec::new(),
+            max_bytes,
+        };
+        (History::new(config), broker, inboxes)
+    }
+
+    #[test]
+    fn offsets_count_per_channel_and_replay_stops_at_what_the_worker_has_not_passed() {
+        let (h, broker, _inboxes) = store(100, 300, 1 << 20);
+        let out = h
+            .publish(&[("a", "1"), ("b", "2"), ("a", "3")], &broker)
+            .unwrap();
+        assert_eq!(
+            out.iter().map(|(_, off)| *off).collect::<Vec<_>>(),
+            vec![1, 1, 2]
+        );
+        let epoch = out[0].0.clone();
+        // The worker has dequeued only the first publication (seq 1).
+        let r = h.recover(
+            "a",
+            Some(Since {
+                epoch: &epoch,
+                off: 0,
+            }),
+            1,
+        );
+        assert_eq!((r.recovered, r.frames.len()), (Some(true), 1));
+        let r = h.recover(
+            "a",
+            Some(Since {
+                epoch: &epoch,
+                off: 0,
+            }),
+            3,
+        );
+        assert_eq!(r.frames.len(), 2);
+    }
+
+    #[test]
+    fn expired_entries_are_not_replayed_but_the_last_value_stays() {
+        let (h, broker, _inboxes) = store(100, 0, 1 << 20);
+        let out = h.publish(&[("a", "1"), ("a", "2")], &broker).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let epoch = out[0].0.clone();
+        let r = h.recover(
+            "a",
+            Some(Since {
+                epoch: &epoch,
+                off: 0,
+            }),
+            10,
+        );
+        assert_eq!(r.recovered, Some(false), "offset 1 is older than the TTL");
+        assert_eq!(r.frames.len(), 1, "snapshot of the last value");
+        let r = h.recover(
+            "a",
+            Some(Since {
+                epoch: &epoch,
+                off: 1,
+            }),
+            10,
+        );
+        assert_eq!((r.recovered, r.frames.len()), (Some(true), 1));
+    }
+
+    #[test]
+    fn the_byte_cap_evicts_the_oldest_across_channels_and_forgets_empty_ones() {
+        let (h, broker, _inboxes) = store(100, 300, 3 * (CHANNEL_OVERHEAD + ENTRY_OVERHEAD + 64));
+        h.publish(&[("old", "1")], &broker).unwrap();
+        for _ in 0..5 {
+            h.publish(&[("new", "2")], &broker).unwrap();
+        }
+        assert!(h.bytes() <= 3 * (CHANNEL_OVERHEAD + ENTRY_OVERHEAD + 64));
+        assert!(
+            h.recover("old", None, 100).position.is_none(),
+            "the oldest channel went first"
+        );
+        assert!(h.recover("new", None, 100).position.is_some());
+    }
 }
