@@ -263,6 +263,50 @@ pub fn refusal(err: &HandshakeError, retry_after_secs: u32) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A server's answer to an upgrade request, as a client sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UpgradeResponse {
+    pub status: u16,
+    /// Bytes the head took; frames may follow in the same buffer.
+    pub head_len: usize,
+    /// Whether a 101 carried the `Sec-WebSocket-Accept` our key demands.
+    pub accepted: bool,
+    /// `Retry-After` seconds of a 503.
+    pub retry_after: Option<u32>,
+}
+
+/// Parses the answer to an upgrade request sent with `key` (client side:
+/// client-sim). `Ok(None)`: the head is not complete yet.
+pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<UpgradeResponse>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut headers);
+    let head_len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= 8192 => {
+            return Err(HandshakeError::HeadTooLarge(8192))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(HandshakeError::Malformed("unparsable response head")),
+    };
+    let header = |name: &str| {
+        res.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let status = res.code.unwrap_or(0);
+    let accepted =
+        status == 101 && header("sec-websocket-accept") == Some(accept_key(key).as_str());
+    let retry_after = header("retry-after").and_then(|v| v.parse().ok());
+    Ok(Some(UpgradeResponse {
+        status,
+        head_len,
+        accepted,
+        retry_after,
+    }))
+}
+
 /// A client's upgrade request, for client-sim and raw-socket tests.
 pub fn client_request(host: &str, path_and_query: &str, key: &str) -> Vec<u8> {
     format!(
@@ -338,6 +382,20 @@ mod tests {
                 .status(),
             400
         );
+    }
+
+    #[test]
+    fn client_side_response_parsing_checks_the_accept_key() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let ok = switching_protocols(&accept_key(key));
+        let r = parse_response(&ok, key).unwrap().unwrap();
+        assert_eq!((r.status, r.accepted, r.head_len), (101, true, ok.len()));
+        let wrong = switching_protocols("bm9wZQ==");
+        assert!(!parse_response(&wrong, key).unwrap().unwrap().accepted);
+        let busy = refusal(&HandshakeError::AtCapacity, 3);
+        let r = parse_response(&busy, key).unwrap().unwrap();
+        assert_eq!((r.status, r.retry_after), (503, Some(3)));
+        assert!(parse_response(&ok[..10], key).unwrap().is_none());
     }
 
     #[test]

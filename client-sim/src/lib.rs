@@ -1,0 +1,16 @@
+//! client-sim: behaves like N browsers against a Surge server, so a capacity
+//! planner can measure before the surge instead of during it.
+//!
+//! - `engine`: one worker process's mio loop over simulated browsers.
+//! - `orchestrate`: the parent: processes, scenarios, publishing, merging.
+//! - `stats`, `report`: measurements, the table, JSON and HTML.
+//! - `plan`: boxes needed, from a report.
+//! - `srcips`, `sys`: source addresses and the system calls beneath.
+
+pub mod engine;
+pub mod orchestrate;
+pub mod plan;
+pub mod report;
+pub mod srcips;
+pub mod stats;
+pub mod sys;

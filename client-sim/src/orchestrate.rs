@@ -1,0 +1,479 @@
+//! The parent process: splits the connections over worker processes (as
+//! many as the open-file limit requires), gives each its share of source
+//! addresses, shows progress, drives the scenario (publishing, storms),
+//! samples the server's memory and CPU, and merges everything into a report.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::{Child, ChildStdin, Command as Process, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::engine::{Command, Event, Policy, WorkerSpec};
+use crate::report::{Report, ServerUsage};
+use crate::stats::Stats;
+use crate::{srcips, sys};
+
+/// Descriptors a worker process keeps for itself (stdio, epoll, waker...).
+const FD_RESERVE: u64 = 256;
+
+/// Options every scenario shares.
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
+pub struct Common {
+    /// WebSocket URL of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// Base URL of the publish API.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub publish: String,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: u64,
+    /// Connections opened per second while ramping (all processes together).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Seconds to hold the connections once ramped.
+    #[arg(long, default_value_t = 5)]
+    pub hold: u64,
+    /// Worker processes; 0: as many as the open-file limit requires.
+    #[arg(long, default_value_t = 0)]
+    pub procs: usize,
+    /// Source addresses to connect from: a range (127.0.0.2-127.0.0.254), a list, or a CIDR block.
+    #[arg(long)]
+    pub src_ips: Option<String>,
+    /// Clinic channels the connections spread over (Zipf-distributed).
+    #[arg(long, default_value_t = 50)]
+    pub clinics: u32,
+    /// Zipf exponent: 0 is uniform, 1 a typical popularity skew.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Token secret of the server; with it each client also subscribes to its own user/ID channel.
+    #[arg(long, env = "SURGE_TOKEN_SECRET", hide_env_values = true)]
+    #[serde(skip)]
+    pub token_secret: Option<String>,
+    /// API key for the publish API.
+    #[arg(long, env = "SURGE_API_KEY", hide_env_values = true)]
+    #[serde(skip)]
+    pub api_key: Option<String>,
+    /// PID of the server, to report its memory and CPU.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// The server's /stats URL, to report its memory when the PID is elsewhere.
+    #[arg(long)]
+    pub server_stats: Option<String>,
+    /// Write every figure as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Write a self-contained HTML report with charts here.
+    #[arg(long)]
+    pub html: Option<std::path::PathBuf>,
+    /// Seed for clinic choice and jitter.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Seconds to wait for deliveries, storms and ramps before giving up.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+/// What to do once ramped.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(tag = "scenario", rename_all = "lowercase")]
+pub enum Scenario {
+    Idle,
+    Fanout {
+        publications: u64,
+        pub_rate: f64,
+        batch: usize,
+    },
+    Confirm,
+    Storm {
+        fraction: f64,
+        policy: Policy,
+    },
+}
+
+impl Scenario {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Idle => "idle",
+            Scenario::Fanout { .. } => "fanout",
+            Scenario::Confirm => "confirm",
+            Scenario::Storm { .. } => "storm",
+        }
+    }
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+fn send(workers: &mut [Worker], cmd: &Command) {
+    let line = serde_json::to_string(cmd).unwrap_or_default();
+    for w in workers.iter_mut() {
+        let _ = writeln!(w.stdin, "{line}");
+        let _ = w.stdin.flush();
+    }
+}
+
+fn resolve(url: &str) -> Result<(SocketAddr, String, String), String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or("--url must start with ws://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| format!("{host}: no IPv4 address"))?;
+    Ok((addr, host.to_string(), path))
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Server memory (and CPU when the PID is known) right now.
+fn server_sample(common: &Common) -> Option<(u64, Option<f64>)> {
+    if let Some(pid) = common.server_pid {
+        return sys::process_usage(pid).map(|(rss, cpu)| (rss, Some(cpu)));
+    }
+    let url = common.server_stats.as_ref()?;
+    let body = ureq::get(url)
+        .timeout(Duration::from_secs(5))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some((v["resident_bytes"].as_u64()?, None))
+}
+
+/// Runs a scenario end to end and returns its report.
+pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
+    if matches!(scenario, Scenario::Confirm) && common.token_secret.is_none() {
+        return Err(
+            "confirm needs --token-secret: confirmations go to private user/ID channels".into(),
+        );
+    }
+    let (server, host, path) = resolve(&common.url)?;
+    let ips = match &common.src_ips {
+        Some(spec) => srcips::parse(spec)?,
+        None => Vec::new(),
+    };
+    let per_proc_limit = sys::open_file_limit().saturating_sub(FD_RESERVE).max(1);
+    let procs = if common.procs > 0 {
+        common.procs
+    } else {
+        common.conns.div_ceil(per_proc_limit).max(1) as usize
+    };
+    if common.conns.div_ceil(procs as u64) > per_proc_limit {
+        return Err(format!(
+            "{} connections in {procs} process(es) exceeds {per_proc_limit} per process (open-file limit); raise --procs",
+            common.conns
+        ));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (tx, rx) = crossbeam_channel::bounded::<(usize, Event)>(65_536);
+    let mut workers = Vec::with_capacity(procs);
+    let mut first_uid = 0;
+    let before = server_sample(common);
+    let started = Instant::now();
+    for i in 0..procs {
+        let share =
+            common.conns / procs as u64 + u64::from((i as u64) < common.conns % procs as u64);
+        let src_ips: Vec<_> = if ips.len() >= procs {
+            ips.iter()
+                .enumerate()
+                .filter(|(j, _)| j % procs == i)
+                .map(|(_, ip)| *ip)
+                .collect()
+        } else {
+            ips.clone()
+        };
+        let spec = WorkerSpec {
+            server,
+            host: host.clone(),
+            path: path.clone(),
+            conns: share,
+            first_uid,
+            rate: common.rate / procs as f64,
+            src_ips,
+            clinics: common.clinics,
+            zipf: common.zipf,
+            seed: common.seed.wrapping_add(i as u64 * 7919),
+            token_secret: common.token_secret.clone(),
+        };
+        first_uid += share;
+        let spec = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
+        let mut child = Process::new(&exe)
+            .args(["__worker", &spec])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start a worker process: {e}"))?;
+        let stdout = child.stdout.take().ok_or("worker stdout")?;
+        let stdin = child.stdin.take().ok_or("worker stdin")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<Event>(&line) {
+                    if tx.send((i, event)).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        workers.push(Worker { child, stdin });
+    }
+    drop(tx);
+    let deadline = |secs: u64| Instant::now() + Duration::from_secs(secs);
+
+    // Ramp.
+    let bar = ProgressBar::new(common.conns);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed:>4} [{bar:40}] {pos}/{len} connected {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut connected = vec![0u64; procs];
+    let mut failed = vec![0u64; procs];
+    let mut ramped = vec![false; procs];
+    let mut clinic_subs: BTreeMap<u32, u64> = BTreeMap::new();
+    let ramp_limit = deadline((common.conns as f64 / common.rate.max(1.0)) as u64 + common.timeout);
+    while !ramped.iter().all(|r| *r) {
+        match recv_until(&rx, ramp_limit)? {
+            (
+                i,
+                Event::Progress {
+                    connected: c,
+                    failed: f,
+                    ..
+                },
+            ) => {
+                connected[i] = c;
+                failed[i] = f;
+            }
+            (
+                i,
+                Event::Ramped {
+                    connected: c,
+                    failed: f,
+                    clinic_subscribers,
+                },
+            ) => {
+                connected[i] = c;
+                failed[i] = f;
+                ramped[i] = true;
+                for (k, v) in clinic_subscribers {
+                    *clinic_subs.entry(k).or_default() += v;
+                }
+            }
+            _ => {}
+        }
+        bar.set_position(connected.iter().sum());
+        bar.set_message(format!("{} failed", failed.iter().sum::<u64>()));
+    }
+    bar.finish_and_clear();
+    let ramp_secs = started.elapsed().as_secs_f64();
+    let after_ramp = server_sample(common);
+
+    // Scenario.
+    let mut publications = 0;
+    let mut expected = 0;
+    let mut sent_us: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut cpu_during = None;
+    match scenario {
+        Scenario::Idle => std::thread::sleep(Duration::from_secs(common.hold)),
+        Scenario::Fanout {
+            publications: n,
+            pub_rate,
+            batch,
+        } => {
+            let cpu_before = server_sample(common).and_then(|(_, c)| c);
+            let clinics = common.clinics.max(1);
+            let items: Vec<(u64, String, u32)> = (0..*n)
+                .map(|id| {
+                    (
+                        id,
+                        format!("clinic:{}", id as u32 % clinics),
+                        id as u32 % clinics,
+                    )
+                })
+                .collect();
+            for chunk in items.chunks((*batch).max(1)) {
+                let ts = unix_us();
+                let body: Vec<String> = chunk
+                    .iter()
+                    .map(|(id, ch, _)| format!(r#"{{"ch":"{ch}","data":{{"id":{id},"ts":{ts},"slots":[{{"t":"09:00","free":3}}]}}}}"#))
+                    .collect();
+                publish(common, &body, *batch > 1)?;
+                for (id, _, clinic) in chunk {
+                    sent_us.insert(*id, ts);
+                    expected += clinic_subs.get(clinic).copied().unwrap_or(0);
+                }
+                publications += chunk.len() as u64;
+                std::thread::sleep(Duration::from_secs_f64(
+                    chunk.len() as f64 / pub_rate.max(0.001),
+                ));
+            }
+            wait_for(&mut workers, &rx, deadline(common.timeout), |d, _| {
+                d >= expected
+            })?;
+            let cpu_after = server_sample(common).and_then(|(_, c)| c);
+            cpu_during = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
+            std::thread::sleep(Duration::from_secs(common.hold));
+        }
+        Scenario::Confirm => {
+            let total: u64 = connected.iter().sum();
+            let ts = unix_us();
+            let ids: Vec<u64> = (0..common.conns).collect();
+            for chunk in ids.chunks(5000) {
+                let body: Vec<String> = chunk
+                    .iter()
+                    .map(|uid| {
+                        format!(r#"{{"ch":"user/{uid}","data":{{"booking":"B-{uid}","ts":{ts}}}}}"#)
+                    })
+                    .collect();
+                publish(common, &body, true)?;
+                publications += chunk.len() as u64;
+            }
+            expected = total;
+            wait_for(&mut workers, &rx, deadline(common.timeout), |_, once| {
+                once >= total
+            })?;
+        }
+        Scenario::Storm { fraction, policy } => {
+            std::thread::sleep(Duration::from_secs(common.hold));
+            send(
+                &mut workers,
+                &Command::Storm {
+                    fraction: *fraction,
+                    policy: *policy,
+                },
+            );
+            let mut stormed = 0;
+            let limit = deadline(common.timeout);
+            while stormed < procs {
+                if let (_, Event::Stormed) = recv_until(&rx, limit)? {
+                    stormed += 1;
+                }
+            }
+        }
+    }
+    let end = server_sample(common);
+
+    // Results.
+    send(&mut workers, &Command::Finish);
+    let mut stats = Stats::default();
+    let mut results = 0;
+    let limit = deadline(common.timeout);
+    while results < procs {
+        if let (_, Event::Result { stats: s }) = recv_until(&rx, limit)? {
+            stats.merge(&s);
+            results += 1;
+        }
+    }
+    for w in workers.iter_mut() {
+        let _ = w.child.wait();
+    }
+    let server = before.map(|(rss_before, cpu_before)| {
+        let rss_after_ramp = after_ramp.map_or(0, |(r, _)| r);
+        ServerUsage {
+            pid: common.server_pid,
+            rss_before,
+            rss_after_ramp,
+            rss_end: end.map_or(0, |(r, _)| r),
+            bytes_per_connection: (rss_after_ramp.saturating_sub(rss_before)) as f64
+                / stats.connected.max(1) as f64,
+            cpu_seconds_total: cpu_before.zip(end.and_then(|(_, c)| c)).map(|(a, b)| b - a),
+            cpu_seconds_fanout: cpu_during,
+        }
+    });
+    Ok(Report::build(
+        common,
+        scenario,
+        procs,
+        ramp_secs,
+        publications,
+        expected,
+        &sent_us,
+        stats,
+        server,
+    ))
+}
+
+fn recv_until(rx: &Receiver<(usize, Event)>, until: Instant) -> Result<(usize, Event), String> {
+    match rx.recv_deadline(until) {
+        Ok(ev) => Ok(ev),
+        Err(RecvTimeoutError::Timeout) => Err("timed out waiting for the worker processes".into()),
+        Err(RecvTimeoutError::Disconnected) => Err("a worker process exited early".into()),
+    }
+}
+
+/// Polls the workers until `done(deliveries, confirmed_once)` or the deadline.
+fn wait_for(
+    workers: &mut [Worker],
+    rx: &Receiver<(usize, Event)>,
+    until: Instant,
+    done: impl Fn(u64, u64) -> bool,
+) -> Result<(), String> {
+    loop {
+        send(workers, &Command::Report);
+        let mut deliveries = 0;
+        let mut once = 0;
+        for _ in 0..workers.len() {
+            loop {
+                if let (
+                    _,
+                    Event::Report {
+                        deliveries: d,
+                        confirm_once: c,
+                        ..
+                    },
+                ) = recv_until(rx, until)?
+                {
+                    deliveries += d;
+                    once += c;
+                    break;
+                }
+            }
+        }
+        if done(deliveries, once) || Instant::now() >= until {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn publish(common: &Common, items: &[String], batch: bool) -> Result<(), String> {
+    let base = common.publish.trim_end_matches('/');
+    let (url, body) = if batch {
+        (
+            format!("{base}/api/batch"),
+            format!("[{}]", items.join(",")),
+        )
+    } else {
+        (
+            format!("{base}/api/publish"),
+            items.first().cloned().unwrap_or_default(),
+        )
+    };
+    let bodies = if batch { vec![body] } else { items.to_vec() };
+    for body in bodies {
+        let mut req = ureq::post(&url).timeout(Duration::from_secs(30));
+        if let Some(key) = &common.api_key {
+            req = req.set("Authorization", &format!("Bearer {key}"));
+        }
+        req.send_string(&body)
+            .map_err(|e| format!("publish to {url}: {e}"))?;
+    }
+    Ok(())
+}
