@@ -6,62 +6,22 @@
 //! cargo build --release -p server && \
 //!   cargo run --release -p server --example history_rss -- 100000 1000
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
+mod support;
+use support::{rss_kib, spawn_surge};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let publications: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let channels: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let per_channel = publications.div_ceil(channels);
-    let bin = std::env::var("SURGE_BIN").unwrap_or_else(|_| "target/release/surge".into());
-    let mut server = Command::new(&bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--publish-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--history-size",
-            &per_channel.to_string(),
-            "--history-ttl",
-            "1h",
-            "--log",
-            "warn",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    let publish = line
-        .split("publish=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("publish url");
-    let batch_url = publish.replace("/api/publish", "/api/batch");
-    let admin = line
-        .split("admin=")
-        .nth(1)
-        .map(str::trim)
-        .expect("admin url");
+    let size = per_channel.to_string();
+    let server = spawn_surge(&["--history-size", &size, "--history-ttl", "1h"]);
+    let batch_url = server.publish.replace("/api/publish", "/api/batch");
+    let admin = server.admin.clone();
     std::thread::sleep(Duration::from_millis(300));
-    let before = rss_kib(server.id());
+    let before = rss_kib(server.child.id());
     let data = format!(
         r#"{{"slots":[{{"t":"09:00","free":3}},{{"t":"09:15","free":0}}],"pad":"{}"}}"#,
         "x".repeat(40)
@@ -78,8 +38,8 @@ fn main() {
         sent += n;
     }
     std::thread::sleep(Duration::from_millis(300));
-    let after = rss_kib(server.id());
-    let metrics = ureq::get(admin)
+    let after = rss_kib(server.child.id());
+    let metrics = ureq::get(&admin)
         .call()
         .expect("metrics")
         .into_string()
@@ -99,6 +59,4 @@ fn main() {
         per((after - before) * 1024)
     );
     println!("history_rss: surge_history_bytes {accounted}: {:.0} bytes per publication (frame + 192 bookkeeping)", per(accounted));
-    let _ = server.kill();
-    let _ = server.wait();
 }

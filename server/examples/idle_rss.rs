@@ -10,23 +10,16 @@
 //! browsers do; `shared` to two clinic channels. Stays under the 20,000 open files this machine allows
 //! per process: the server and this client are separate processes.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use surge::channels::token::{unix_now, TokenKey};
 use surge::wire::frame::{decode_header, Role};
 use surge::wire::handshake::client_request;
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
+mod support;
+use support::{rss_kib, spawn_surge};
 
 /// Reads the 101 head and `frames` frames, so we know the server has done
 /// all its work for this connection.
@@ -60,41 +53,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(18_000);
     let mode = args.next().unwrap_or_else(|| "unique".into());
-    let bin = std::env::var("SURGE_BIN").unwrap_or_else(|_| "target/release/surge".into());
-    let mut server = Command::new(&bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--publish-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--max-connections",
-            "19500",
-            "--log",
-            "warn",
-            "--token-secret",
-            SECRET,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start {bin}: {e} (build it with cargo build --release -p server)")
-        });
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    let ws = line
-        .split_whitespace()
-        .nth(2)
-        .expect("ws address")
-        .trim_start_matches("ws://");
-    let addr = ws.trim_end_matches("/ws").to_string();
+    let server = spawn_surge(&["--max-connections", "19500", "--token-secret", SECRET]);
+    let addr = server.ws.trim_end_matches("/ws").to_string();
     std::thread::sleep(Duration::from_millis(300));
-    let before = rss_kib(server.id());
+    let before = rss_kib(server.child.id());
 
     let tokens = TokenKey::new(SECRET.as_bytes()).expect("token key");
     let started = Instant::now();
@@ -104,7 +66,7 @@ fn main() {
     for i in 0..n {
         if checkpoints.contains(&i) && i > 0 {
             std::thread::sleep(Duration::from_millis(500));
-            at_checkpoint.push((i, rss_kib(server.id())));
+            at_checkpoint.push((i, rss_kib(server.child.id())));
         }
         let query = match mode.as_str() {
             "shared" => format!("/ws?ch=clinic:{}&ch=clinic:{}", i % 50, (i + 1) % 50),
@@ -122,7 +84,7 @@ fn main() {
     }
     let ramp = started.elapsed();
     std::thread::sleep(Duration::from_secs(1));
-    let after = rss_kib(server.id());
+    let after = rss_kib(server.child.id());
     let per_conn = (after.saturating_sub(before) * 1024) as f64 / n as f64;
     println!(
         "idle_rss: mode={mode} connections={n} ramp={:.1}s ({:.0} handshakes/s)",
@@ -151,6 +113,4 @@ fn main() {
         }
     }
     drop(conns);
-    let _ = server.kill();
-    let _ = server.wait();
 }

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::Read;
-
 use common::*;
 use serde_json::{json, Value};
 use surge::channels::token::{unix_now, TokenKey};
@@ -254,16 +252,7 @@ async fn a_slow_reader_closed_as_too_slow_recovers_everything_after_reconnect() 
         "--history-size",
         "1000",
     ]);
-    let slow = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    slow.set_recv_buffer_size(4096).unwrap();
-    slow.connect(&server.public_addr.into()).unwrap();
-    let mut slow: std::net::TcpStream = slow.into();
-    slow.set_read_timeout(Some(WAIT)).unwrap();
-    std::io::Write::write_all(
-        &mut slow,
-        &surge::wire::handshake::client_request("t", "/ws?ch=flash", "dGhlIHNhbXBsZSBub25jZQ=="),
-    )
-    .unwrap();
+    let mut slow = slow_reader(&server, "/ws?ch=flash");
     let mut fast = connect(&server, "?ch=flash").await;
     assert_eq!(next_json(&mut fast).await["op"], "subscribed");
     let reader = tokio::spawn(async move {
@@ -283,12 +272,7 @@ async fn a_slow_reader_closed_as_too_slow_recovers_everything_after_reconnect() 
 
     // What the slow one got before its 4000 close: whole frames, in order.
     let (epoch, got) = tokio::task::spawn_blocking(move || {
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            slow.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
+        read_head(&mut slow);
         let mut epoch = String::new();
         let mut got = Vec::new();
         loop {

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::Read;
-
 use common::*;
 use futures_util::StreamExt;
 use surge::wire::frame::OpCode;
@@ -13,16 +11,7 @@ use surge::wire::frame::OpCode;
 async fn slow_reader_is_closed_4000_and_others_receive_everything() {
     let server = start(&["--max-outbound", "64KiB", "--max-publish-data", "16KiB"]);
     // The slow reader never reads; a small receive buffer makes it fill fast.
-    let slow = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    slow.set_recv_buffer_size(4096).unwrap();
-    slow.connect(&server.public_addr.into()).unwrap();
-    let mut slow: std::net::TcpStream = slow.into();
-    slow.set_read_timeout(Some(WAIT)).unwrap();
-    std::io::Write::write_all(
-        &mut slow,
-        &surge::wire::handshake::client_request("t", "/ws?ch=flash", "dGhlIHNhbXBsZSBub25jZQ=="),
-    )
-    .unwrap();
+    let mut slow = slow_reader(&server, "/ws?ch=flash");
 
     let mut fast = connect(&server, "?ch=flash").await;
     assert_eq!(next_json(&mut fast).await["op"], "subscribed");
@@ -47,12 +36,7 @@ async fn slow_reader_is_closed_4000_and_others_receive_everything() {
     assert_eq!(metric(&server, "surge_closes_total{code=\"4000\"}"), 1);
     // Reading now, the slow one finds whole frames and then the 4000 close.
     let code = tokio::task::spawn_blocking(move || {
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            slow.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
+        read_head(&mut slow);
         read_close_code(&mut slow)
     })
     .await

@@ -284,3 +284,28 @@ pub fn publish_at(server: &Server, channel: &str, data: &str) -> (String, u64) {
         v["off"].as_u64().expect("off"),
     )
 }
+
+/// A client that sends its upgrade and then reads nothing: a 4 KiB receive
+/// buffer makes the server's unsent bytes pile up fast.
+pub fn slow_reader(server: &Server, path: &str) -> TcpStream {
+    let slow =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    slow.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    slow.connect(&server.public_addr.into()).expect("connect");
+    let mut slow: TcpStream = slow.into();
+    slow.set_read_timeout(Some(WAIT)).expect("timeout");
+    slow.write_all(&client_request("t", path, "dGhlIHNhbXBsZSBub25jZQ=="))
+        .expect("upgrade request");
+    slow
+}
+
+/// Reads an HTTP response head byte by byte (so no frame after it is consumed).
+pub fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("response head");
+        head.push(byte[0]);
+    }
+    head
+}
