@@ -186,6 +186,11 @@ pub struct Config {
     #[arg(long, env = "SURGE_LOG", default_value = "info")]
     pub log: String,
 
+    /// Run the demo: a simulated booking backend publishing slot availability
+    /// for a few clinics, and the live slot board at http://HOST:PORT/.
+    #[arg(long, env = "SURGE_DEMO", default_value_t = false)]
+    pub demo: bool,
+
     /// Conformance testing only: echo every message back instead of speaking
     /// the push protocol (used to run the Autobahn|Testsuite).
     #[arg(long, env = "SURGE_ECHO", default_value_t = false)]

@@ -8,6 +8,8 @@
 //!   protocol and the broker that fans publications out to workers.
 //! - `api`: the publish API for the booking backend.
 //! - `admin`: health, metrics and stats on their own port.
+//! - `web`, `demo`: the embedded slot board page and `surge --demo`'s
+//!   simulated booking backend.
 //! - `config`, `units`: options, defaults and their validation.
 //! - `server`: all of it started and stopped together.
 
@@ -16,9 +18,11 @@ pub mod api;
 pub mod channels;
 pub mod config;
 pub mod core;
+pub mod demo;
 pub mod http;
 pub mod server;
 pub mod units;
+pub mod web;
 pub mod wire;
 
 pub use config::Config;

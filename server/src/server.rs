@@ -12,9 +12,11 @@ use crate::admin::metrics::Metrics;
 use crate::api;
 use crate::channels::broker::Broker;
 use crate::channels::history::History;
+use crate::channels::token::TokenKey;
 use crate::config::Config;
 use crate::core::sys;
-use crate::core::worker::{Worker, WAKER};
+use crate::core::worker::{Worker, WorkerContext, WAKER};
+use crate::demo::{self, DemoBackend};
 use crate::http::{BindError, Service};
 
 /// Why the server could not start. All are fatal at start.
@@ -43,14 +45,22 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     publish: Service,
     admin: Service,
+    demo: Option<DemoBackend>,
     stopping: Arc<AtomicBool>,
 }
 
 impl Server {
     /// Binds every listener and starts every thread. Port 0 picks a free port;
     /// the chosen addresses are in the returned struct.
-    pub fn start(config: Config) -> Result<Server, StartError> {
+    pub fn start(mut config: Config) -> Result<Server, StartError> {
         sys::pin_mmap_threshold();
+        if config.demo && config.token_secret.is_none() {
+            // The demo signs its visitors' private channel tokens; a secret
+            // made up per run is as good as any for that.
+            let a = History::random_u64();
+            let b = History::random_u64();
+            config.token_secret = Some(format!("{a:016x}{b:016x}"));
+        }
         let config = Arc::new(config);
         let public = |source| StartError::Public {
             addr: config.listen,
@@ -78,21 +88,28 @@ impl Server {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let history = Arc::new(History::new(history_config));
 
+        let (demo_front, demo_bookings) = match config.token_secret.as_ref().filter(|_| config.demo)
+        {
+            Some(secret) => {
+                let key = TokenKey::new(secret.as_bytes())
+                    .ok_or_else(|| StartError::Config("unusable token secret".into()))?;
+                let (front, rx) = demo::front(key);
+                (Some(front), Some(rx))
+            }
+            None => (None, None),
+        };
+        let ctx = WorkerContext {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            history: history.clone(),
+            demo: demo_front,
+        };
         let mut workers = Vec::with_capacity(config.workers);
         for (id, ((poll, listener), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes).enumerate()
         {
             let worker_err = |source| StartError::Worker { id, source };
-            let worker = Worker::new(
-                id,
-                poll,
-                listener,
-                inbox,
-                config.clone(),
-                metrics.clone(),
-                history.clone(),
-            )
-            .map_err(worker_err)?;
+            let worker = Worker::new(id, poll, listener, inbox, ctx.clone()).map_err(worker_err)?;
             let handle = std::thread::Builder::new()
                 .name(format!("surge-worker-{id}"))
                 .spawn(move || worker.run())
@@ -103,6 +120,17 @@ impl Server {
         let stopping = Arc::new(AtomicBool::new(false));
         let publish = api::spawn(&config, broker.clone(), history, metrics.clone())?;
         let admin = admin::spawn(config.admin_listen, metrics.clone(), stopping.clone())?;
+        let demo = match demo_bookings {
+            Some(rx) => Some(
+                demo::start_backend(rx, publish.addr, config.api_key.clone()).map_err(
+                    |source| StartError::Worker {
+                        id: usize::MAX,
+                        source,
+                    },
+                )?,
+            ),
+            None => None,
+        };
         tracing::info!(
             public = %public_addr,
             publish = %publish.addr,
@@ -121,6 +149,7 @@ impl Server {
             workers,
             publish,
             admin,
+            demo,
             stopping,
         })
     }
@@ -130,6 +159,9 @@ impl Server {
     /// the publish and admin services.
     pub fn shutdown(self) {
         self.stopping.store(true, Ordering::Relaxed);
+        if let Some(demo) = self.demo {
+            demo.stop();
+        }
         self.broker.shutdown();
         for worker in self.workers {
             if worker.join().is_err() {

@@ -119,10 +119,13 @@ pub enum PublishError {
     Overloaded(#[from] Overloaded),
 }
 
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    // RandomState is seeded from the OS's randomness once per process.
-    RandomState::new().hash_one(Instant::now())
+impl History {
+    /// 64 bits from the OS's randomness (std's RandomState keys are drawn
+    /// from it), for epochs and secrets made up per run.
+    pub fn random_u64() -> u64 {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(Instant::now())
+    }
 }
 
 impl History {
@@ -131,7 +134,7 @@ impl History {
             inner: Mutex::new(Inner::default()),
             config,
             started: Instant::now(),
-            epoch_base: random_u64(),
+            epoch_base: History::random_u64(),
         }
     }
 

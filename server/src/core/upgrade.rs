@@ -10,6 +10,7 @@ use crate::channels::name;
 use crate::config::MAX_REQUEST_HEAD;
 use crate::core::conn::{flag, State};
 use crate::core::worker::Worker;
+use crate::web;
 use crate::wire::handshake::{
     parse_request, switching_protocols, validate_upgrade, HandshakeError, Request,
 };
@@ -26,6 +27,10 @@ impl Worker {
                 return None;
             }
         };
+        if req.path != "/ws" {
+            self.plain_http(token, &req);
+            return None;
+        }
         let (accept, channels) = match self.check_upgrade(&req) {
             Ok(ok) => ok,
             Err(e) => {
@@ -56,12 +61,47 @@ impl Worker {
         Some(req.head_len)
     }
 
+    /// Anything but `/ws` on the public port: the page and its assets, the
+    /// demo endpoints with `--demo`, and 404 for the rest. Each answer closes
+    /// the connection: browsers fetch four small files once.
+    fn plain_http(&mut self, token: usize, req: &Request<'_>) {
+        let head = req.method == "HEAD";
+        let answer = if let Some(answer) = web::asset(req.method, req.path, req.if_none_match) {
+            answer
+        } else if let (Some(demo), "/demo/session", "GET") = (&self.demo, req.path, req.method) {
+            web::response(
+                200,
+                "application/json",
+                &[("Cache-Control", "no-store")],
+                demo.session_json().as_bytes(),
+                head,
+            )
+        } else if let (Some(demo), "/demo/book", "POST") = (&self.demo, req.path, req.method) {
+            match demo.book(req.query.unwrap_or("")) {
+                Ok(()) => web::response(
+                    202,
+                    "application/json",
+                    &[],
+                    br#"{"status":"pending"}"#,
+                    false,
+                ),
+                Err((status, why)) => web::response(
+                    status,
+                    "text/plain; charset=utf-8",
+                    &[],
+                    format!("{why}\n").as_bytes(),
+                    false,
+                ),
+            }
+        } else {
+            return self.refuse(token, HandshakeError::NotFound);
+        };
+        self.finish_with(token, Bytes::from(answer));
+    }
+
     /// Route, upgrade headers, origin and `?ch=` subscriptions, all checked
     /// before we answer 101, so a bad request is an HTTP error.
     fn check_upgrade(&self, req: &Request<'_>) -> Result<(String, Vec<String>), HandshakeError> {
-        if req.path != "/ws" {
-            return Err(HandshakeError::NotFound);
-        }
         let accept = validate_upgrade(req)?;
         if !self.config.origin_allowed(req.origin) {
             return Err(HandshakeError::OriginNotAllowed);

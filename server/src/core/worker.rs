@@ -28,6 +28,7 @@ use crate::core::conn::{flag, Conn, State};
 use crate::core::sys;
 use crate::core::timer::TimerWheel;
 use crate::core::write::{write_or_queue, SendError};
+use crate::demo::DemoFront;
 use crate::wire::close;
 use crate::wire::frame::{encode_frame, OpCode};
 use crate::wire::handshake::HandshakeError;
@@ -50,6 +51,16 @@ const MAX_SLAB_RESERVE: usize = 1 << 20;
 /// Events taken from epoll per wait.
 const EVENTS: usize = 1024;
 
+/// What every worker shares with the rest of the server.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub history: Arc<History>,
+    /// Set with `--demo`: answers `/demo/session` and `/demo/book`.
+    pub demo: Option<Arc<DemoFront>>,
+}
+
 pub struct Worker {
     pub(super) id: usize,
     pub(super) poll: Poll,
@@ -62,6 +73,7 @@ pub struct Worker {
     pub(super) max_connections: usize,
     pub(super) metrics: Arc<Metrics>,
     pub(super) history: Arc<History>,
+    pub(super) demo: Option<Arc<DemoFront>>,
     pub(super) tokens: Option<TokenKey>,
     /// Sequence number of the last publication dequeued: history entries up
     /// to it will not come through the queue again (see `history.rs`).
@@ -85,10 +97,14 @@ impl Worker {
         poll: Poll,
         mut listener: TcpListener,
         inbox: Inbox,
-        config: Arc<Config>,
-        metrics: Arc<Metrics>,
-        history: Arc<History>,
+        ctx: WorkerContext,
     ) -> io::Result<Worker> {
+        let WorkerContext {
+            config,
+            metrics,
+            history,
+            demo,
+        } = ctx;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let max_connections = config.effective_max_connections();
@@ -113,6 +129,7 @@ impl Worker {
             max_connections,
             metrics,
             history,
+            demo,
             tokens,
             passed_seq: 0,
             now: 0,

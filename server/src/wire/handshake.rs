@@ -28,6 +28,8 @@ pub struct Request<'a> {
     pub version_header: Option<&'a str>,
     pub key: Option<&'a str>,
     pub origin: Option<&'a str>,
+    /// For plain-HTTP answers on the same port (cached assets).
+    pub if_none_match: Option<&'a str>,
 }
 
 /// Why an upgrade was refused. All are fatal: the connection gets the status
@@ -166,6 +168,7 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
         version_header: None,
         key: None,
         origin: None,
+        if_none_match: None,
     };
     if req.version != Some(1) {
         return Err(HandshakeError::NotHttp11);
@@ -186,6 +189,8 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
             &mut out.key
         } else if h.name.eq_ignore_ascii_case("origin") {
             &mut out.origin
+        } else if h.name.eq_ignore_ascii_case("if-none-match") {
+            &mut out.if_none_match
         } else {
             continue;
         };

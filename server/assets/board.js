@@ -1,0 +1,99 @@
+// The demo slot board: pick a clinic, watch its slots live, book one and get
+// the confirmation pushed to your private channel. Uses only surge.js.
+import { Surge } from "/surge.js";
+
+const $ = (id) => document.getElementById(id);
+const session = await (await fetch("/demo/session")).json();
+$("user").textContent = `you are ${session.user}`;
+
+const surge = new Surge(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`, {
+  onStatus(status, info = {}) {
+    const badge = $("status");
+    badge.dataset.status = status;
+    clearInterval(badge.countdown);
+    if (status === "live") badge.textContent = "Live";
+    else if (status === "connecting") badge.textContent = "Connecting\u2026";
+    else if (status === "failed") badge.textContent = "Disconnected";
+    else if (status === "reconnecting") {
+      let left = info.inSeconds;
+      const show = () => (badge.textContent = left > 0 ? `Reconnecting in ${left} s` : "Reconnecting\u2026");
+      show();
+      badge.countdown = setInterval(() => { left -= 1; show(); }, 1000);
+    }
+  },
+});
+
+let current = null;
+let unsubscribe = null;
+let previous = new Map();
+
+function renderClinics() {
+  const nav = $("clinics");
+  nav.replaceChildren(
+    ...session.clinics.map((c) => {
+      const b = document.createElement("button");
+      b.textContent = c.name;
+      b.dataset.clinic = c.id;
+      b.setAttribute("aria-pressed", String(c.id === current));
+      b.onclick = () => pick(c.id);
+      return b;
+    }),
+  );
+}
+
+function renderSlots(data) {
+  $("clinic-name").textContent = data.name;
+  $("clinic-date").textContent = data.date;
+  const grid = $("slots");
+  grid.dataset.clinic = data.clinic;
+  grid.replaceChildren(
+    ...data.slots.map((s) => {
+      const el = document.createElement("button");
+      el.className = "slot";
+      el.dataset.slot = s.t;
+      el.dataset.free = String(s.free);
+      el.innerHTML = `<span class="time">${s.t}</span><span class="free">${s.free > 0 ? `${s.free} free` : "full"}</span>`;
+      if (previous.has(s.t) && previous.get(s.t) !== s.free) el.classList.add("changed");
+      el.onclick = () => s.free > 0 && book(data, s.t);
+      return el;
+    }),
+  );
+  previous = new Map(data.slots.map((s) => [s.t, s.free]));
+}
+
+function pick(id) {
+  if (unsubscribe) unsubscribe();
+  current = id;
+  previous = new Map();
+  renderClinics();
+  unsubscribe = surge.subscribe(`clinic:${id}`, (data) => {
+    if (data && data.clinic === current) renderSlots(data);
+  });
+}
+
+function banner(kind, text) {
+  const el = $("banner");
+  el.dataset.kind = kind;
+  el.textContent = text;
+  el.hidden = false;
+  clearTimeout(el.hideTimer);
+  if (kind !== "pending") el.hideTimer = setTimeout(() => (el.hidden = true), 8000);
+}
+
+async function book(clinic, slot) {
+  banner("pending", `Requesting ${slot} at ${clinic.name}\u2026`);
+  const q = new URLSearchParams({ clinic: clinic.clinic, slot, user: session.user });
+  const r = await fetch(`/demo/book?${q}`, { method: "POST" });
+  if (!r.ok) banner("rejected", "The booking service is busy; try again.");
+}
+
+// Confirmations come over the private channel, even if the page was
+// offline when the booking backend published them.
+surge.subscribe(`user/${session.user}`, (data, meta) => {
+  if (!data) return;
+  if (data.status === "confirmed") banner("confirmed", `Booked: ${data.slot} at ${data.clinic}. Reference ${data.booking}.`);
+  else if (data.status === "rejected" && !meta.snapshot) banner("rejected", `Sorry, ${data.slot} was just taken. Pick another slot.`);
+}, { token: session.token });
+
+renderClinics();
+pick(session.clinics[0].id);

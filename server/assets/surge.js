@@ -1,0 +1,162 @@
+// surge.js: a dependency-free browser client for Surge (ES module).
+//
+//   import { Surge } from "/surge.js";
+//   const surge = new Surge("ws://" + location.host + "/ws", { onStatus: (s) => ... });
+//   surge.subscribe("clinic:42", (data, meta) => ...);
+//   surge.subscribe("user/8812", (data, meta) => ..., { token });
+//
+// It keeps one WebSocket, resubscribes after every reconnect, and recovers
+// what it missed from each channel's last offset (dropping duplicates), so a
+// page never shows stale slots and never misses a booking confirmation.
+// See docs/browser-client.md.
+
+// Close codes after which reconnecting cannot help: the client broke the
+// protocol, and a retry loop would only hammer the server.
+const FATAL_CODES = new Set([1002, 1003, 1007, 1008, 1009]);
+
+export class Surge {
+  /**
+   * @param {string} url ws:// or wss:// URL of the server's /ws endpoint.
+   * @param {object} [options]
+   * @param {(status: string, info?: object) => void} [options.onStatus]
+   *   "connecting", "live", "reconnecting" ({inSeconds, attempt, code}), "failed" ({code, reason}).
+   * @param {number} [options.baseDelayMs=500]  first backoff window.
+   * @param {number} [options.maxDelayMs=30000] backoff ceiling.
+   * @param {number} [options.healthyAfterMs=10000] a connection must stay up this
+   *   long before the backoff resets: resetting on open is how reconnect storms repeat.
+   */
+  constructor(url, options = {}) {
+    this.url = url;
+    this.onStatus = options.onStatus || (() => {});
+    this.baseDelayMs = options.baseDelayMs ?? 500;
+    this.maxDelayMs = options.maxDelayMs ?? 30000;
+    this.healthyAfterMs = options.healthyAfterMs ?? 10000;
+    this.channels = new Map(); // name -> {callbacks:Set, token, epoch, off}
+    this.attempt = 0;
+    this.ws = null;
+    this.closed = false;
+    this.retryTimer = null;
+    this.healthyTimer = null;
+    this.connect();
+  }
+
+  /** Subscribes `callback(data, meta)` to `channel`; returns an unsubscribe function.
+   *  meta: {channel, off, epoch, snapshot}. A snapshot is the channel's last value
+   *  (on first subscribe, or when history could not fill a gap): treat it as the truth. */
+  subscribe(channel, callback, { token } = {}) {
+    let entry = this.channels.get(channel);
+    if (!entry) {
+      entry = { callbacks: new Set(), token, epoch: null, off: 0 };
+      this.channels.set(channel, entry);
+      this.sendSub(channel, entry);
+    } else if (token) {
+      entry.token = token;
+    }
+    entry.callbacks.add(callback);
+    return () => this.unsubscribe(channel, callback);
+  }
+
+  /** Removes `callback` (or all callbacks) from `channel`. */
+  unsubscribe(channel, callback) {
+    const entry = this.channels.get(channel);
+    if (!entry) return;
+    if (callback) entry.callbacks.delete(callback);
+    if (!callback || entry.callbacks.size === 0) {
+      this.channels.delete(channel);
+      this.send({ op: "unsub", ch: channel });
+    }
+  }
+
+  /** Closes for good: no reconnect. */
+  close() {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.healthyTimer);
+    if (this.ws) this.ws.close(1000, "bye");
+  }
+
+  connect() {
+    if (this.closed) return;
+    this.onStatus("connecting", { attempt: this.attempt });
+    let opened = false;
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    ws.onopen = () => {
+      opened = true;
+      this.onStatus("live");
+      // Reset the backoff only once this connection has proved healthy.
+      this.healthyTimer = setTimeout(() => { this.attempt = 0; }, this.healthyAfterMs);
+      for (const [name, entry] of this.channels) this.sendSub(name, entry);
+    };
+    ws.onmessage = (event) => this.onMessage(event.data);
+    ws.onclose = (event) => {
+      clearTimeout(this.healthyTimer);
+      if (this.ws !== ws) return;
+      this.ws = null;
+      if (this.closed) return;
+      if (FATAL_CODES.has(event.code)) {
+        this.onStatus("failed", { code: event.code, reason: event.reason });
+        return;
+      }
+      // Browsers do not expose the HTTP status of a refused upgrade (a 503
+      // with Retry-After when the server is full): a close before open is
+      // treated as "busy" and backs off like any other failure.
+      this.scheduleReconnect(event.code, opened);
+    };
+  }
+
+  scheduleReconnect(code, opened) {
+    this.attempt += 1;
+    // Full jitter: a random delay in [0, min(cap, base * 2^attempt)], so that
+    // thousands of pages dropped together do not come back together.
+    const window = Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** Math.min(this.attempt, 16));
+    // "Too slow" (4000) and "no pong" (4001) mean the network hiccuped; come
+    // back quickly, but never before a small random delay.
+    const delay = Math.random() * (code === 4000 || code === 4001 ? Math.min(window, 2000) : window);
+    this.onStatus("reconnecting", { inSeconds: Math.ceil(delay / 1000), attempt: this.attempt, code, wasOpen: opened });
+    this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  sendSub(name, entry) {
+    const cmd = { op: "sub", ch: name };
+    if (entry.token) cmd.token = entry.token;
+    // Recover from the last offset seen; with no epoch yet, ask with an empty
+    // one: the answer is the last value as a snapshot.
+    if (entry.off > 0 || entry.epoch) cmd.since = { epoch: entry.epoch || "", off: entry.off };
+    this.send(cmd);
+  }
+
+  send(obj) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(obj));
+  }
+
+  onMessage(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (msg.op === "error") {
+      console.warn("surge:", msg.ch, msg.code, msg.message);
+      return;
+    }
+    if (msg.op) return; // subscribed / unsubscribed
+    const entry = this.channels.get(msg.ch);
+    if (!entry) return;
+    if (typeof msg.off === "number") {
+      const sameEpoch = entry.epoch === msg.epoch;
+      if (!msg.snap && sameEpoch && msg.off <= entry.off) return; // a duplicate
+      entry.epoch = msg.epoch;
+      entry.off = msg.off;
+    }
+    const meta = { channel: msg.ch, off: msg.off, epoch: msg.epoch, snapshot: !!msg.snap };
+    for (const cb of entry.callbacks) {
+      try {
+        cb(msg.data, meta);
+      } catch (e) {
+        console.error("surge: subscriber callback failed", e);
+      }
+    }
+  }
+}

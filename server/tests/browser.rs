@@ -1,0 +1,267 @@
+//! The demo slot board in a real headless Chromium, driven over WebDriver:
+//! the board shows the initial slots; a publication through the API changes
+//! a slot on screen; a booking gets its confirmation pushed; the server is
+//! killed and restarted and the page reconnects by itself and shows the new
+//! state. A screenshot is saved to target/browser-test/board.png.
+//!
+//! Needs Debian's chromium and chromium-driver (.ci/run installs them);
+//! skipped with a message elsewhere, never skipped in CI.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+const BIN: &str = env!("CARGO_BIN_EXE_surge");
+const SECRET: &str = "browser-test-shared-secret-01";
+/// Bound on every wait; polls, never sleeps-and-hopes.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Surge {
+    child: Child,
+    publish: String,
+}
+
+impl Drop for Surge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_demo(port: u16) -> Surge {
+    let mut child = Command::new(BIN)
+        .args([
+            "--demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--publish-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--token-secret",
+            SECRET,
+            "--log",
+            "warn",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("surge starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address line");
+    let publish = line
+        .split("publish=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("publish URL")
+        .to_string();
+    Surge { child, publish }
+}
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `check` until it gives `Some`, or fails after `WAIT`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn attr(c: &Client, css: &str, name: &str) -> Option<String> {
+    c.find(Locator::Css(css))
+        .await
+        .ok()?
+        .attr(name)
+        .await
+        .ok()?
+}
+
+/// Publishes a clinic state with a marker slot until the page shows it
+/// (the demo backend's own changes may overwrite a single publication).
+async fn publish_until_shown(c: &Client, publish: &str, marker: &str, free: u32) {
+    let body = format!(
+        r#"{{"ch":"clinic:riverside","data":{{"clinic":"riverside","name":"Riverside Clinic","date":"test","slots":[{{"t":"{marker}","free":{free}}}]}}}}"#
+    );
+    let start = Instant::now();
+    loop {
+        let (url, b) = (publish.to_string(), body.clone());
+        tokio::task::spawn_blocking(move || ureq::post(&url).send_string(&b).map(|_| ()))
+            .await
+            .expect("publish task")
+            .ok();
+        for _ in 0..10 {
+            let css = format!(r#".slot[data-slot="{marker}"][data-free="{free}"]"#);
+            if c.find(Locator::Css(&css)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the page never showed slot {marker}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_board_updates_books_and_survives_a_server_restart_in_chromium() {
+    let (chromium, chromedriver) = (
+        Path::new("/usr/bin/chromium"),
+        Path::new("/usr/bin/chromedriver"),
+    );
+    if !chromium.exists() || !chromedriver.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install chromium and chromium-driver"
+        );
+        println!("skipped: install Debian's chromium and chromium-driver to run the browser test");
+        return;
+    }
+    // Two TLS backends are linked into the test binary; pick one (WebDriver
+    // here is plain HTTP on loopback anyway).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let driver_port = free_port();
+    let _driver = Driver(
+        Command::new(chromedriver)
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver"),
+    );
+    let port = free_port();
+    let server = start_demo(port);
+    let profile = tempfile_dir();
+    let caps = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--window-size=1000,900", format!("--user-data-dir={}", profile.display())]
+        }
+    });
+    let caps = caps.as_object().cloned().expect("capabilities object");
+    let c = eventually("chromedriver", || {
+        let caps = caps.clone();
+        async move {
+            ClientBuilder::rustls()
+                .ok()?
+                .capabilities(caps)
+                .connect(&format!("http://127.0.0.1:{driver_port}"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+
+    c.goto(&format!("http://127.0.0.1:{port}/"))
+        .await
+        .expect("page loads");
+    // The initial slots, from the snapshot, and the live badge.
+    let slots = eventually("the initial slots", || async {
+        c.find_all(Locator::Css(".slot"))
+            .await
+            .ok()
+            .filter(|s| s.len() == 16)
+    })
+    .await;
+    assert_eq!(slots.len(), 16);
+    eventually("the live badge", || async {
+        attr(&c, "#status", "data-status")
+            .await
+            .filter(|s| s == "live")
+    })
+    .await;
+
+    // A publication through the API changes the board.
+    publish_until_shown(&c, &server.publish, "23:59", 7).await;
+
+    // Booking: the confirmation is pushed to the user's private channel.
+    // Wait for the backend's own state again (16 slots, not the marker), and
+    // pick a slot with two or more places so a concurrent change cannot fill it.
+    c.goto(&format!("http://127.0.0.1:{port}/"))
+        .await
+        .expect("reload");
+    let open = eventually("a slot with free places", || async {
+        let slots = c
+            .find_all(Locator::Css(".slot"))
+            .await
+            .ok()
+            .filter(|s| s.len() == 16)?;
+        for el in slots {
+            let free: u32 = el.attr("data-free").await.ok()??.parse().ok()?;
+            if free >= 2 {
+                return Some(el);
+            }
+        }
+        None
+    })
+    .await;
+    open.click().await.expect("click a slot");
+    let kind = eventually("the booking banner", || async {
+        attr(&c, "#banner", "data-kind")
+            .await
+            .filter(|k| k == "confirmed" || k == "rejected")
+    })
+    .await;
+    assert_eq!(kind, "confirmed", "a slot with free places is booked");
+
+    // Kill the server; the page notices, then reconnects by itself once it is back.
+    drop(server);
+    eventually("the reconnecting badge", || async {
+        attr(&c, "#status", "data-status")
+            .await
+            .filter(|s| s != "live")
+    })
+    .await;
+    let server = start_demo(port);
+    eventually("the live badge after restart", || async {
+        attr(&c, "#status", "data-status")
+            .await
+            .filter(|s| s == "live")
+    })
+    .await;
+    publish_until_shown(&c, &server.publish, "23:58", 3).await;
+
+    let png = c.screenshot().await.expect("screenshot");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-test");
+    std::fs::create_dir_all(&dir).expect("artifact dir");
+    std::fs::write(dir.join("board.png"), png).expect("screenshot saved");
+    c.close().await.expect("close browser");
+    let _ = std::fs::remove_dir_all(profile);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("surge-chromium-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("profile dir");
+    dir
+}
