@@ -115,10 +115,11 @@ async fn publish_until_shown(c: &Client, publish: &str, marker: &str, free: u32)
     let start = Instant::now();
     loop {
         let (url, b) = (publish.to_string(), body.clone());
-        tokio::task::spawn_blocking(move || ureq::post(&url).send_string(&b).map(|_| ()))
-            .await
-            .expect("publish task")
-            .ok();
+        // A refused publish (say, mid-restart) is simply tried again below.
+        let _published =
+            tokio::task::spawn_blocking(move || ureq::post(&url).send_string(&b).is_ok())
+                .await
+                .expect("publish task");
         for _ in 0..10 {
             let css = format!(r#".slot[data-slot="{marker}"][data-free="{free}"]"#);
             if c.find(Locator::Css(&css)).await.is_ok() {
