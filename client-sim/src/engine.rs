@@ -76,6 +76,8 @@ pub struct WorkerSpec {
     pub zipf: f64,
     pub seed: u64,
     pub token_secret: Option<String>,
+    /// Prefix of each client's own second channel (`user/`), if any.
+    pub own_channel: Option<String>,
 }
 
 /// Commands from the parent, one per stdin line.
@@ -551,10 +553,13 @@ impl Engine {
             // Resubscribe from where we were: recovery fills the gap.
             let (clinic, uid, last) = (client.clinic, client.uid, client.last);
             let mut channels = vec![(format!("clinic:{clinic}"), last[0], None)];
-            if let Some(key) = &self.tokens {
-                let ch = format!("user/{uid}");
-                let grant = key.mint(&ch, unix_now() + 86_400);
-                channels.push((ch, last[1], Some(grant)));
+            if let Some(prefix) = &self.spec.own_channel {
+                let ch = format!("{prefix}{uid}");
+                let grant = self
+                    .tokens
+                    .as_ref()
+                    .map(|key| key.mint(&ch, unix_now() + 86_400));
+                channels.push((ch, last[1], grant));
             }
             for (ch, off, grant) in channels {
                 let epoch = self.epochs.get(&ch).cloned().unwrap_or_default();
@@ -607,7 +612,7 @@ impl Engine {
         let Some(client) = self.clients.get_mut(token) else {
             return;
         };
-        let idx = usize::from(ch.starts_with("user/"));
+        let idx = usize::from(!ch.starts_with("clinic:"));
         let last = client.last[idx];
         if msg.snap == Some(true) {
             client.last[idx] = off;

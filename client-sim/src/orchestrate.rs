@@ -50,6 +50,11 @@ pub struct Common {
     /// Zipf exponent: 0 is uniform, 1 a typical popularity skew.
     #[arg(long, default_value_t = 1.0)]
     pub zipf: f64,
+    /// Each client's own second channel is PREFIX + its id. Default: `user/`
+    /// (private, signed with --token-secret) when a secret is given, none
+    /// otherwise; give e.g. `inbox/` for a server without tokens.
+    #[arg(long)]
+    pub own_channel: Option<String>,
     /// Token secret of the server; with it each client also subscribes to its own user/ID channel.
     #[arg(long, env = "SURGE_TOKEN_SECRET", hide_env_values = true)]
     #[serde(skip)]
@@ -210,6 +215,10 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
             zipf: common.zipf,
             seed: common.seed.wrapping_add(i as u64 * 7919),
             token_secret: common.token_secret.clone(),
+            own_channel: common
+                .own_channel
+                .clone()
+                .or_else(|| common.token_secret.as_ref().map(|_| "user/".to_string())),
         };
         first_uid += share;
         let spec = serde_json::to_string(&spec).map_err(|e| e.to_string())?;

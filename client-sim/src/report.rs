@@ -94,6 +94,8 @@ pub struct Report {
     pub delivery_ms: Percentiles,
     /// Per publication: from its send time to its last subscriber.
     pub fanout_completion_ms: Percentiles,
+    /// Deliveries / (last receipt - first send): the fan-out throughput.
+    pub deliveries_per_second: f64,
     pub confirm: Confirm,
     pub storm: Option<Storm>,
     pub server: Option<ServerUsage>,
@@ -123,6 +125,12 @@ impl Report {
                 let _ = completion.record(last.saturating_sub(*sent).max(1));
             }
         }
+        let first_sent = sent_us.values().min().copied();
+        let last_received = stats.last_receive_us.values().max().copied();
+        let deliveries_per_second = match (first_sent, last_received) {
+            (Some(a), Some(b)) if b > a => stats.deliveries as f64 / ((b - a) as f64 / 1e6),
+            _ => 0.0,
+        };
         let mut params = serde_json::to_value(common).unwrap_or_default();
         if let (Some(p), Ok(s)) = (params.as_object_mut(), serde_json::to_value(scenario)) {
             if let Some(s) = s.as_object() {
@@ -159,6 +167,7 @@ impl Report {
             errors: stats.errors,
             delivery_ms: Percentiles::of(&stats::decode(&stats.delivery_us)),
             fanout_completion_ms: Percentiles::of(&completion),
+            deliveries_per_second,
             confirm: Confirm {
                 once: stats.confirm_once,
                 missing: stats.confirm_missing,
@@ -229,6 +238,10 @@ impl Report {
             row("delivery latency, ms", pct(&self.delivery_ms));
             if self.fanout_completion_ms.count > 0 {
                 row("fan-out completion, ms", pct(&self.fanout_completion_ms));
+                row(
+                    "deliveries per second",
+                    format!("{:.0}", self.deliveries_per_second),
+                );
             }
         }
         if self.scenario == "confirm" {

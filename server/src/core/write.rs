@@ -34,28 +34,58 @@ pub enum SendError {
     Broken(io::Error),
 }
 
-/// Writes `frame` now if nothing is queued before it, otherwise queues it.
+/// Writes `frames` now (one `write`, or one `writev` for several) if nothing
+/// is queued before them, otherwise queues them; `slices` are the same
+/// frames as `IoSlice`s, built once by the caller for every subscriber.
 /// Returns the bytes written to the socket. Closing connections take nothing.
-pub fn write_or_queue(conn: &mut Conn, frame: &Bytes, bound: usize) -> Result<usize, SendError> {
+pub fn write_or_queue(
+    conn: &mut Conn,
+    frames: &[Bytes],
+    slices: &[IoSlice<'_>],
+    bound: usize,
+) -> Result<usize, SendError> {
     if conn.state == State::Closing {
         return Ok(0);
     }
+    let total: usize = frames.iter().map(Bytes::len).sum();
     if conn.unsent() == 0 {
-        let n = match (&conn.socket).write(frame) {
+        let result = match frames {
+            [one] => (&conn.socket).write(one),
+            _ => (&conn.socket).write_vectored(slices),
+        };
+        let mut n = match result {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => return Err(SendError::Broken(e)),
         };
-        if n < frame.len() {
-            queue(conn, frame.slice(n..));
+        let written = n;
+        // A batch the socket took only part of may leave more than the
+        // bound: then only the frame already begun is completed (the stream
+        // must stay valid) and the connection is closed as too slow.
+        let over = total - written > bound;
+        // Queue what the kernel did not take: the rest of a partly written
+        // frame (a slice of the shared buffer) and the frames after it.
+        for frame in frames {
+            if n >= frame.len() {
+                n -= frame.len();
+            } else if n > 0 || !over {
+                queue(conn, frame.slice(n..));
+                n = 0;
+            }
         }
-        return Ok(n);
+        return if over {
+            Err(SendError::TooSlow)
+        } else {
+            Ok(written)
+        };
     }
-    if conn.unsent() + frame.len() > bound {
+    if conn.unsent() + total > bound {
         return Err(SendError::TooSlow);
     }
-    queue(conn, frame.clone());
+    for frame in frames {
+        queue(conn, frame.clone());
+    }
     Ok(0)
 }
 
@@ -112,7 +142,12 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        match write_or_queue(conn, &frame, bound) {
+        match write_or_queue(
+            conn,
+            std::slice::from_ref(&frame),
+            &[IoSlice::new(&frame)],
+            bound,
+        ) {
             Ok(n) => {
                 let stats = &self.metrics.workers[self.id];
                 WorkerMetrics::add(&stats.frames_out, 1);
