@@ -80,15 +80,12 @@ fn start(kind: &str) -> Result<Server, String> {
     let mut cmd = match kind {
         "surge" => {
             let mut c = Command::new(bin("surge"));
-            c.args([
-                "--listen",
-                "127.0.0.1:0",
-                "--publish-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--log", "warn", "--max-connections", "19500"]);
+            c.args(surge::config::EPHEMERAL_LOOPBACK).args([
+                "--log",
+                "warn",
+                "--max-connections",
+                "19500",
+            ]);
             c
         }
         _ => {

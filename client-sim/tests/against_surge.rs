@@ -12,14 +12,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_client-sim");
 const SECRET: &str = "client-sim-test-secret-0123";
 
 fn server() -> Server {
-    let config = Config::load_from([
-        "surge",
-        "--listen",
-        "127.0.0.1:0",
-        "--publish-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
+    let mut args = vec!["surge"];
+    args.extend_from_slice(&surge::config::EPHEMERAL_LOOPBACK);
+    args.extend_from_slice(&[
         "--workers",
         "2",
         "--log",
@@ -28,9 +23,8 @@ fn server() -> Server {
         SECRET,
         "--shutdown-timeout",
         "1s",
-    ])
-    .expect("config");
-    Server::start(config).expect("server starts")
+    ]);
+    Server::start(Config::load_from(args).expect("config")).expect("server starts")
 }
 
 /// Runs client-sim and returns (exit code, parsed JSON report, stdout).

@@ -14,6 +14,17 @@ use serde::{Deserialize, Serialize};
 use crate::channels::history::{HistoryConfig, Retention};
 use crate::units::{ByteSize, Seconds};
 
+/// Arguments that put all three listeners on ephemeral loopback ports: for
+/// tests, benchmarks and measurement programs that start a real server.
+pub const EPHEMERAL_LOOPBACK: [&str; 6] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--publish-listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+];
+
 /// Request heads are capped at 8 KiB: a browser's upgrade is under 2 KiB, and
 /// the cap bounds what a slowloris client can make us hold.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;

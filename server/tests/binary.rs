@@ -70,18 +70,8 @@ fn nonsense_configuration_is_refused_at_start_with_exit_2() {
 /// Starts the binary on ephemeral ports and reads its address line.
 fn spawn_surge() -> (Child, String, String) {
     let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--publish-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--shutdown-timeout",
-            "3s",
-        ])
+        .args(surge::config::EPHEMERAL_LOOPBACK)
+        .args(["--workers", "2", "--shutdown-timeout", "3s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

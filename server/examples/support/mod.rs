@@ -25,14 +25,7 @@ impl Drop for Surge {
 pub fn spawn_surge(extra: &[&str]) -> Surge {
     let bin = std::env::var("SURGE_BIN").unwrap_or_else(|_| "target/release/surge".into());
     let mut child = Command::new(&bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--publish-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+        .args(surge::config::EPHEMERAL_LOOPBACK)
         .args(["--log", "warn"])
         .args(extra)
         .stdout(Stdio::piped())

@@ -22,21 +22,16 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A config on ephemeral loopback ports with two workers.
 pub fn config(extra: &[&str]) -> Config {
-    let mut args = vec![
-        "surge",
-        "--listen",
-        "127.0.0.1:0",
-        "--publish-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
+    let mut args = vec!["surge"];
+    args.extend_from_slice(&surge::config::EPHEMERAL_LOOPBACK);
+    args.extend_from_slice(&[
         "--workers",
         "2",
         "--log",
         "warn",
         "--shutdown-timeout",
         "1s",
-    ];
+    ]);
     args.extend_from_slice(extra);
     Config::load_from(args).expect("test config is valid")
 }
