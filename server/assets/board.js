@@ -3,8 +3,8 @@
 import { Surge } from "/surge.js";
 
 const $ = (id) => document.getElementById(id);
-const session = await (await fetch("/demo/session")).json();
-$("user").textContent = `you are ${session.user}`;
+const answer = await fetch("/demo/session");
+const session = answer.ok ? await answer.json() : null;
 
 const surge = new Surge(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`, {
   onStatus(status, info = {}) {
@@ -89,11 +89,21 @@ async function book(clinic, slot) {
 
 // Confirmations come over the private channel, even if the page was
 // offline when the booking backend published them.
-surge.subscribe(`user/${session.user}`, (data, meta) => {
+if (session) surge.subscribe(`user/${session.user}`, (data, meta) => {
   if (!data) return;
   if (data.status === "confirmed") banner("confirmed", `Booked: ${data.slot} at ${data.clinic}. Reference ${data.booking}.`);
   else if (data.status === "rejected" && !meta.snapshot) banner("rejected", `Sorry, ${data.slot} was just taken. Pick another slot.`);
 }, { token: session.token });
 
-renderClinics();
-pick(session.clinics[0].id);
+if (session) {
+  $("user").textContent = `you are ${session.user}`;
+  renderClinics();
+  pick(session.clinics[0].id);
+} else {
+  // A Surge without --demo: nothing publishes slots here. Say so, and keep
+  // the badge as proof that the WebSocket works.
+  $("clinic-name").textContent = "No booking backend on this server";
+  document.querySelector(".hint").hidden = true;
+  $("clinic-date").textContent =
+    "This Surge runs without --demo. Publish to a channel through the publish API and subscribe with surge.js; see docs/browser-client.md.";
+}
