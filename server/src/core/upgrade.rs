@@ -52,6 +52,7 @@ impl Worker {
         let conn = self.conns.get_mut(token)?;
         conn.state = State::Open;
         conn.set(flag::COUNTED);
+        self.upgraded += 1;
         self.send(token, Bytes::from(switching_protocols(&accept)));
         let at = self.now + self.config.ping_interval.0 as u32;
         self.set_timer(token, at);

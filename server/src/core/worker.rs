@@ -89,6 +89,9 @@ pub struct Worker {
     pub(super) scratch: Vec<u8>,
     /// Connections (and the listener) that still had input when their turn ended.
     pub(super) rearm: Vec<Token>,
+    /// Upgraded connections on this worker (those with `flag::COUNTED`),
+    /// kept as a count so the gauge never walks the slab.
+    pub(super) upgraded: usize,
     /// Set when accept ran out of descriptors; retried on the next tick.
     accept_paused: bool,
     /// When shutting down: the second at which we stop waiting.
@@ -140,6 +143,7 @@ impl Worker {
             epoch: Instant::now(),
             scratch: vec![0; SCRATCH_LEN],
             rearm: Vec::new(),
+            upgraded: 0,
             accept_paused: false,
             shutdown_at: None,
         })
@@ -189,7 +193,7 @@ impl Worker {
             }
             self.fire_timers();
             let stats = self.stats();
-            stats.open.store(self.upgraded() as u64, Ordering::Relaxed);
+            stats.open.store(self.upgraded as u64, Ordering::Relaxed);
             stats
                 .channels
                 .store(self.index.len() as u64, Ordering::Relaxed);
@@ -200,13 +204,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    fn upgraded(&self) -> usize {
-        self.conns
-            .iter()
-            .filter(|(_, c)| c.has(flag::COUNTED))
-            .count()
     }
 
     fn accept_ready(&mut self) {
