@@ -334,11 +334,14 @@ impl Engine {
                     });
                 }
             }
-            let pending = self
-                .clients
-                .iter()
-                .any(|(_, c)| matches!(c.state, State::Connecting | State::Handshake));
-            if !ramped && self.opened == self.spec.conns && !pending {
+            // Only once everything is opened is it worth a look for stragglers.
+            let ramp_done = !ramped
+                && self.opened == self.spec.conns
+                && !self
+                    .clients
+                    .iter()
+                    .any(|(_, c)| matches!(c.state, State::Connecting | State::Handshake));
+            if ramp_done {
                 ramped = true;
                 let mut subs = std::collections::BTreeMap::new();
                 for (_, c) in self.clients.iter().filter(|(_, c)| c.state == State::Open) {
