@@ -4,9 +4,9 @@
 
 use crate::report::Report;
 
-/// Kernel memory per idle TCP socket, measured with `kernel-tuning measure`
-/// (docs/kernel-tuning.md), rounded up.
-pub const KERNEL_BYTES_PER_SOCKET: f64 = 5120.0;
+/// Kernel memory per idle TCP socket: kernel-tuning's measured figure
+/// (docs/kernel-tuning.md), the one the sysctl plans are sized with too.
+pub const KERNEL_BYTES_PER_SOCKET: f64 = kernel_tuning::plan::DEFAULT_MEM_PER_CONN as f64;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlanArgs {

@@ -50,10 +50,10 @@ struct Outlet {
     notified: Arc<AtomicBool>,
 }
 
-/// A worker's queue stayed full for the whole send timeout.
+/// The workers' queues stayed full for the whole wait: nothing was published.
 #[derive(Debug, thiserror::Error)]
-#[error("worker {0} is not keeping up with publications")]
-pub struct Overloaded(pub usize);
+#[error("the workers are not keeping up with publications")]
+pub struct Overloaded;
 
 /// Hands publications and commands to every worker.
 pub struct Broker {

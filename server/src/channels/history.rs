@@ -112,13 +112,6 @@ pub struct History {
     epoch_base: u64,
 }
 
-/// A publication refused before anything was published.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error(transparent)]
-    Overloaded(#[from] Overloaded),
-}
-
 impl History {
     /// 64 bits from the OS's randomness (std's RandomState keys are drawn
     /// from it), for epochs and secrets made up per run.
@@ -156,7 +149,7 @@ impl History {
         &self,
         items: &[(&str, &str)],
         broker: &Broker,
-    ) -> Result<Vec<(Arc<str>, u64)>, PublishError> {
+    ) -> Result<Vec<(Arc<str>, u64)>, Overloaded> {
         let mut inner = self.lock();
         // Wait for room without holding the lock, so workers can take it to
         // serve recoveries while they drain; then check again under it.
@@ -164,7 +157,7 @@ impl History {
         while !broker.has_room(items.len()) {
             drop(inner);
             if Instant::now() >= deadline {
-                return Err(Overloaded(0).into());
+                return Err(Overloaded);
             }
             std::thread::sleep(Duration::from_millis(1));
             inner = self.lock();

@@ -44,6 +44,13 @@ impl TimerWheel {
         Some((second, tokens))
     }
 
+    /// Whether a connection whose deadline is `at` belongs in the slot of
+    /// `second` on a later turn of the wheel (rather than being a stale
+    /// entry of a closed connection whose token was reused).
+    pub fn later_lap(second: u32, at: u32) -> bool {
+        at > second && ((at - second) as usize).is_multiple_of(SLOTS)
+    }
+
     /// Gives back a drained slot vector so its capacity is reused.
     pub fn recycle(&mut self, second: u32, mut tokens: Vec<u32>) {
         tokens.clear();
@@ -70,5 +77,10 @@ mod tests {
         }
         assert_eq!(fired, vec![(10, vec![3]), (11, vec![]), (12, vec![1, 2])]);
         assert!(wheel.due(12).is_none());
+        assert!(
+            TimerWheel::later_lap(12, 12 + 64)
+                && !TimerWheel::later_lap(12, 13)
+                && !TimerWheel::later_lap(12, 12)
+        );
     }
 }

@@ -108,25 +108,17 @@ impl Worker {
             return Err(HandshakeError::OriginNotAllowed);
         }
         let mut channels: Vec<String> = Vec::new();
+        let mut auth: Option<String> = None;
         for (key, value) in form_urlencoded::parse(req.query.unwrap_or("").as_bytes()) {
-            if key != "ch" {
-                continue;
-            }
-            if !name::is_valid(&value) {
-                return Err(HandshakeError::BadQuery(format!(
-                    "invalid channel name '{value}'"
-                )));
-            }
-            if !channels.iter().any(|c| *c == value) {
-                channels.push(value.into_owned());
-            }
-        }
-        let auth = form_urlencoded::parse(req.query.unwrap_or("").as_bytes())
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.into_owned());
-        for channel in &channels {
-            if let Err(e) = self.check_token(channel, auth.as_deref()) {
-                return Err(HandshakeError::Forbidden(format!("{channel}: {e}")));
+            match &*key {
+                "token" => auth = Some(value.into_owned()),
+                "ch" if !name::is_valid(&value) => {
+                    return Err(HandshakeError::BadQuery(format!(
+                        "invalid channel name '{value}'"
+                    )));
+                }
+                "ch" if !channels.iter().any(|c| *c == value) => channels.push(value.into_owned()),
+                _ => {}
             }
         }
         if channels.len() > self.config.max_subscriptions {
@@ -135,6 +127,11 @@ impl Worker {
                 channels.len(),
                 self.config.max_subscriptions
             )));
+        }
+        for channel in &channels {
+            if let Err(e) = self.check_token(channel, auth.as_deref()) {
+                return Err(HandshakeError::Forbidden(format!("{channel}: {e}")));
+            }
         }
         Ok((accept, channels))
     }

@@ -357,7 +357,7 @@ impl Worker {
                 if conn.timer_at != second {
                     // Still due later (it went round the wheel), or a stale
                     // entry of a closed connection whose token was reused.
-                    if conn.timer_at > second && (conn.timer_at - second) % 64 == 0 {
+                    if TimerWheel::later_lap(second, conn.timer_at) {
                         self.wheel.schedule(token, conn.timer_at);
                     }
                     continue;
