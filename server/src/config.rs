@@ -11,7 +11,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde::{Deserialize, Serialize};
 
-use crate::channels::history::{HistoryConfig, Retention};
+use crate::engine::log::{HistoryConfig, Retention};
 use crate::units::{ByteSize, Seconds};
 
 /// Arguments that put all three listeners on ephemeral loopback ports: for

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use crate::channels::history::History;
 use crate::channels::token::{unix_now, TokenKey};
+use crate::engine::log::random_u64;
 
 /// (id, name) of the demo clinics.
 pub const CLINICS: [(&str, &str); 3] = [
@@ -57,7 +57,7 @@ impl DemoBackend {
 impl DemoFront {
     /// `{"user":..,"token":..,"clinics":[{"id":..,"name":..}]}` for a new visitor.
     pub fn session_json(&self) -> String {
-        let user = format!("demo-{:06}", History::random_u64() % 1_000_000);
+        let user = format!("demo-{:06}", random_u64() % 1_000_000);
         let token = self
             .tokens
             .mint(&format!("user/{user}"), unix_now() + 86_400);
@@ -207,7 +207,7 @@ pub fn start_backend(
         agent: ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(),
-        rng: History::random_u64() | 1,
+        rng: random_u64() | 1,
         bookings: 0,
     };
     for (id, name) in CLINICS {

@@ -4,8 +4,11 @@
 //!   with client-sim.
 //! - `core`: worker threads with epoll, the slab of connections, the timer
 //!   wheel, and the read and write paths.
-//! - `channels`: channel names, the subscriber index, the browser's JSON
-//!   protocol and the broker that fans publications out to workers.
+//! - `channels`: channel names, the subscriber index, the browser's session
+//!   (commands, tokens, recovery) and the broker that fans publications out
+//!   to workers.
+//! - `engine`: who numbers, keeps and spreads publications: in-process by
+//!   default, or Redis for many processes and boxes.
 //! - `api`: the publish API for the booking backend.
 //! - `admin`: health, metrics and stats on their own port.
 //! - `web`, `demo`: the embedded slot board page and `surge --demo`'s
@@ -19,6 +22,7 @@ pub mod channels;
 pub mod config;
 pub mod core;
 pub mod demo;
+pub mod engine;
 pub mod http;
 pub mod server;
 pub mod units;

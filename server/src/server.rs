@@ -11,12 +11,14 @@ use crate::admin;
 use crate::admin::metrics::Metrics;
 use crate::api;
 use crate::channels::broker::Broker;
-use crate::channels::history::History;
 use crate::channels::token::TokenKey;
 use crate::config::Config;
 use crate::core::sys;
 use crate::core::worker::{Worker, WorkerContext, WAKER};
 use crate::demo::{self, DemoBackend};
+use crate::engine::log::random_u64;
+use crate::engine::memory::MemoryEngine;
+use crate::engine::SharedEngine;
 use crate::http::{BindError, Service};
 
 /// Why the server could not start. All are fatal at start.
@@ -42,6 +44,7 @@ pub struct Server {
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     broker: Arc<Broker>,
+    engine: SharedEngine,
     workers: Vec<JoinHandle<()>>,
     publish: Service,
     admin: Service,
@@ -57,8 +60,8 @@ impl Server {
         if config.demo && config.token_secret.is_none() {
             // The demo signs its visitors' private channel tokens; a secret
             // made up per run is as good as any for that.
-            let a = History::random_u64();
-            let b = History::random_u64();
+            let a = random_u64();
+            let b = random_u64();
             config.token_secret = Some(format!("{a:016x}{b:016x}"));
         }
         let config = Arc::new(config);
@@ -86,7 +89,7 @@ impl Server {
         let history_config = config
             .history_config()
             .map_err(|e| StartError::Config(e.to_string()))?;
-        let history = Arc::new(History::new(history_config));
+        let engine: SharedEngine = Arc::new(MemoryEngine::new(history_config, broker.clone()));
 
         let (demo_front, demo_bookings) = match config.token_secret.as_ref().filter(|_| config.demo)
         {
@@ -101,7 +104,7 @@ impl Server {
         let ctx = WorkerContext {
             config: config.clone(),
             metrics: metrics.clone(),
-            history: history.clone(),
+            engine: engine.clone(),
             demo: demo_front,
         };
         let mut workers = Vec::with_capacity(config.workers);
@@ -118,7 +121,7 @@ impl Server {
         }
 
         let stopping = Arc::new(AtomicBool::new(false));
-        let publish = api::spawn(&config, broker.clone(), history, metrics.clone())?;
+        let publish = api::spawn(&config, engine.clone(), metrics.clone())?;
         let admin = admin::spawn(config.admin_listen, metrics.clone(), stopping.clone())?;
         let demo = match demo_bookings {
             Some(rx) => Some(
@@ -146,6 +149,7 @@ impl Server {
             admin_addr: admin.addr,
             metrics,
             broker,
+            engine,
             workers,
             publish,
             admin,
@@ -162,6 +166,7 @@ impl Server {
         if let Some(demo) = self.demo {
             demo.stop();
         }
+        self.engine.shutdown();
         self.broker.shutdown();
         for worker in self.workers {
             if worker.join().is_err() {

@@ -1,8 +1,8 @@
 //! `POST /api/publish` (one publication, `{"ch":"NAME","data":VALUE}`) and
 //! `POST /api/batch` (a JSON array or NDJSON of up to `--max-batch` of them,
 //! applied in order). Checks the API key and every item before anything is
-//! published, then hands the lot to the history store, which numbers,
-//! encodes and queues them. It must not know about workers or connections.
+//! published, then hands the lot to the engine, which numbers, keeps and
+//! spreads them. It must not know about workers or connections.
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,10 +14,9 @@ use subtle::ConstantTimeEq;
 use tiny_http::{Method, Request};
 
 use crate::admin::metrics::Metrics;
-use crate::channels::broker::Broker;
-use crate::channels::history::History;
 use crate::channels::name;
 use crate::config::Config;
+use crate::engine::{EngineError, Position, SharedEngine};
 use crate::http::{read_body, respond, respond_error_with, BindError, Service};
 
 /// Threads serving the publish API: a backend publishes from a few
@@ -68,8 +67,7 @@ impl PublishError {
 }
 
 struct Ctx {
-    broker: Arc<Broker>,
-    history: Arc<History>,
+    engine: SharedEngine,
     metrics: Arc<Metrics>,
     api_key: Option<String>,
     max_body: usize,
@@ -81,13 +79,11 @@ struct Ctx {
 /// Starts the publish API on `config.publish_listen`.
 pub fn spawn(
     config: &Config,
-    broker: Arc<Broker>,
-    history: Arc<History>,
+    engine: SharedEngine,
     metrics: Arc<Metrics>,
 ) -> Result<Service, BindError> {
     let ctx = Ctx {
-        broker,
-        history,
+        engine,
         metrics,
         api_key: config.api_key.clone(),
         max_body: config.max_publish_body.get(),
@@ -123,7 +119,7 @@ fn handle(ctx: &Ctx, mut request: Request) {
     let result = authorize(ctx, &request).and_then(|()| publish(ctx, &mut request, batch));
     ctx.metrics
         .history_bytes
-        .store(ctx.history.bytes() as u64, Relaxed);
+        .store(ctx.engine.bytes() as u64, Relaxed);
     match result {
         Ok(body) => respond(request, 200, "application/json", body),
         Err(e) => {
@@ -214,13 +210,13 @@ fn publish(ctx: &Ctx, request: &mut Request, batch: bool) -> Result<String, Publ
     }
     let pairs: Vec<(&str, &str)> = items.iter().map(|p| (&*p.ch, p.data.get())).collect();
     let positions = ctx
-        .history
-        .publish(&pairs, &ctx.broker)
-        .map_err(|e| PublishError::Overloaded(e.to_string()))?;
+        .engine
+        .publish(&pairs)
+        .map_err(|e: EngineError| PublishError::Overloaded(e.to_string()))?;
     ctx.metrics
         .publications
         .fetch_add(positions.len() as u64, Relaxed);
-    let answer = |(epoch, off): &(Arc<str>, u64)| format!(r#"{{"off":{off},"epoch":"{epoch}"}}"#);
+    let answer = |(epoch, off): &Position| format!(r#"{{"off":{off},"epoch":"{epoch}"}}"#);
     if batch {
         let results: Vec<String> = positions.iter().map(answer).collect();
         Ok(format!(r#"{{"results":[{}]}}"#, results.join(",")))

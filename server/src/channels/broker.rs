@@ -19,19 +19,26 @@ pub const WORKER_QUEUE: usize = 16_384;
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One publication, ready for every subscriber's socket: encoded once (by
-/// the history store), the same `Bytes` for every worker and subscriber.
+/// the engine), the same `Bytes` for every worker and subscriber.
 #[derive(Clone, Debug)]
 pub struct Publication {
     pub channel: Arc<str>,
     /// The whole frame: header and `{"ch":..,"off":..,"epoch":..,"data":..}`.
     pub frame: Bytes,
-    /// Global publication order; see `history.rs` for why workers track it.
+    /// Global publication order; see `engine/log.rs` for why workers track it.
     pub seq: u64,
 }
 
 /// What a worker is told through its queue.
 pub enum Command {
     Publish(Publication),
+    /// The engine now knows `channel` (the Redis engine loaded it): answer
+    /// the subscriptions to it that waited. Every publication numbered
+    /// before `seq` was queued before this command.
+    Ready {
+        channel: Arc<str>,
+        seq: u64,
+    },
     /// Stop accepting, close everyone with 1001, exit.
     Shutdown,
 }
@@ -49,11 +56,6 @@ struct Outlet {
     waker: Arc<mio::Waker>,
     notified: Arc<AtomicBool>,
 }
-
-/// The workers' queues stayed full for the whole wait: nothing was published.
-#[derive(Debug, thiserror::Error)]
-#[error("the workers are not keeping up with publications")]
-pub struct Overloaded;
 
 /// Hands publications and commands to every worker.
 pub struct Broker {
@@ -80,7 +82,7 @@ impl Broker {
     }
 
     /// Whether every worker's queue has room for `n` more publications.
-    /// Only the history store sends publications, under its lock, so room
+    /// Only the engine sends publications, under its lock, so room
     /// seen here is still there when it sends.
     pub fn has_room(&self, n: usize) -> bool {
         self.outlets.iter().all(|o| WORKER_QUEUE - o.tx.len() >= n)
@@ -98,6 +100,20 @@ impl Broker {
                     worker = i,
                     "worker queue full despite the room check; publication lost for it"
                 );
+            }
+        }
+    }
+
+    /// Queues `Command::Ready` for every worker, waiting for room as a
+    /// shutdown does: it must not be lost, or subscribers would wait forever.
+    pub fn send_ready(&self, channel: &Arc<str>, seq: u64) {
+        for outlet in &self.outlets {
+            let ready = Command::Ready {
+                channel: channel.clone(),
+                seq,
+            };
+            if outlet.tx.send_timeout(ready, SEND_TIMEOUT).is_err() {
+                tracing::error!(%channel, "a worker queue stayed full; its waiting subscribers time out");
             }
         }
     }

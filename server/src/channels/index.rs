@@ -6,6 +6,7 @@
 //! is a swap-remove, and the one entry that moved has its back-pointer fixed.
 //! It must not write to sockets; fan-out reads `subscribers` and does that.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 
 use compact_str::CompactString;
@@ -26,6 +27,15 @@ pub struct Channel {
     pub subscribers: SmallVec<[u32; 4]>,
 }
 
+/// A subscription whose answer (`subscribed`, replay or snapshot) waits for
+/// the engine to know the channel (see `Command::Ready`).
+#[derive(Debug)]
+pub struct Waiting {
+    pub token: u32,
+    /// The position the browser asked to recover from: (epoch, offset).
+    pub since: Option<(Box<str>, u64)>,
+}
+
 /// The connection already holds the most subscriptions it may.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TooManySubscriptions;
@@ -40,6 +50,13 @@ pub struct ChannelIndex {
     by_name: HashTable<u32>,
     hasher: RandomState,
     channels: Slab<Channel>,
+    /// Channel id -> subscriptions waiting for the engine. Empty with the
+    /// in-process engine, so a disconnect only tests `is_empty`; kept out
+    /// of `Channel` so a million private channels do not pay for it.
+    waiting: HashMap<u32, Vec<Waiting>>,
+    /// Channels that lost their last subscriber since the worker last
+    /// looked: the engine may stop following them.
+    emptied: Vec<CompactString>,
 }
 
 impl ChannelIndex {
@@ -129,6 +146,26 @@ impl ChannelIndex {
         true
     }
 
+    /// Parks `token`'s answer for `name` until the engine knows the channel.
+    pub fn wait(&mut self, name: &str, waiting: Waiting) {
+        if let Some(id) = self.find(name) {
+            self.waiting.entry(id).or_default().push(waiting);
+        }
+    }
+
+    /// The subscriptions to `name` that waited for the engine.
+    pub fn take_waiting(&mut self, name: &str) -> Vec<Waiting> {
+        match self.find(name) {
+            Some(id) => self.waiting.remove(&id).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Channels emptied since the last call.
+    pub fn take_emptied(&mut self) -> Vec<CompactString> {
+        std::mem::take(&mut self.emptied)
+    }
+
     /// Removes every subscription of `token` (on disconnect).
     pub fn unsubscribe_all(&mut self, conns: &mut Slab<Conn>, token: u32) {
         while let Some(sub) = conns.get_mut(token as usize).and_then(|c| c.subs.pop()) {
@@ -142,7 +179,18 @@ impl ChannelIndex {
             return;
         };
         let pos = sub.pos as usize;
-        channel.subscribers.swap_remove(pos);
+        if pos >= channel.subscribers.len() {
+            return;
+        }
+        let token = channel.subscribers.swap_remove(pos);
+        if !self.waiting.is_empty() {
+            if let Some(list) = self.waiting.get_mut(&sub.channel) {
+                list.retain(|w| w.token != token);
+                if list.is_empty() {
+                    self.waiting.remove(&sub.channel);
+                }
+            }
+        }
         if let Some(&moved) = channel.subscribers.get(pos) {
             let back = conns
                 .get_mut(moved as usize)
@@ -153,10 +201,12 @@ impl ChannelIndex {
         }
         if channel.subscribers.is_empty() {
             let channel = self.channels.remove(sub.channel as usize);
+            self.waiting.remove(&sub.channel);
             let hash = self.hasher.hash_one(&*channel.name);
             if let Ok(entry) = self.by_name.find_entry(hash, |&id| id == sub.channel) {
                 entry.remove();
             }
+            self.emptied.push(channel.name);
         } else if channel.subscribers.spilled()
             && channel.subscribers.capacity() > 4 * channel.subscribers.len()
         {

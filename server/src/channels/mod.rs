@@ -1,9 +1,10 @@
 //! Channels: names, the per-worker subscriber index, the browser's JSON
-//! commands, and the broker that hands publications to every worker.
+//! commands and what they do (`session`), private channel tokens, and the
+//! broker that hands publications to every worker.
 
 pub mod broker;
-pub mod history;
 pub mod index;
 pub mod name;
 pub mod protocol;
+pub mod session;
 pub mod token;

@@ -1,5 +1,6 @@
-//! The read path: readable socket -> bytes -> upgrade or frames -> messages
-//! -> dispatched commands, in one straight line.
+//! The read path: readable socket -> bytes -> upgrade or frames -> messages,
+//! in one straight line. A whole text message goes to the session
+//! (`channels/session.rs`); what a command means is not known here.
 //!
 //! Reads land in the worker's scratch buffer; a connection gets a buffer of
 //! its own only for the bytes of an incomplete frame, and gives it back when
@@ -9,10 +10,6 @@
 use std::io::{self, Read};
 
 use crate::admin::metrics::WorkerMetrics;
-use crate::channels::history::{Recovery, Since};
-use crate::channels::name;
-use crate::channels::protocol::{self, Command, ErrorCode};
-use crate::channels::token::{unix_now, TokenError};
 use crate::core::conn::{flag, State};
 use crate::core::worker::{Worker, MAX_READS_PER_EVENT};
 use crate::wire::close;
@@ -302,7 +299,8 @@ impl Worker {
         None
     }
 
-    /// A whole message: in echo mode sent back; otherwise a JSON command.
+    /// A whole message: in echo mode sent back; otherwise a JSON command
+    /// for the session.
     fn on_message(&mut self, token: usize, opcode: OpCode, payload: &mut [u8]) -> Option<()> {
         if self.config.echo {
             let mut frame = Vec::with_capacity(payload.len() + 10);
@@ -319,121 +317,8 @@ impl Worker {
         }
         // Validated as UTF-8 on the way in.
         let text = std::str::from_utf8(payload).ok()?;
-        match protocol::parse_command(text) {
-            Ok(Command::Sub {
-                ch,
-                since,
-                token: auth,
-            }) => {
-                let since = since.as_ref().map(|s| Since {
-                    epoch: &s.epoch,
-                    off: s.off,
-                });
-                self.subscribe(token, &ch, since, auth.as_deref());
-            }
-            Ok(Command::Unsub { ch }) => {
-                let reply = if name::is_valid(&ch) {
-                    self.index.unsubscribe(&mut self.conns, token as u32, &ch);
-                    protocol::reply("unsubscribed", &ch)
-                } else {
-                    protocol::error(Some(&ch), ErrorCode::BadChannel, "invalid channel name")
-                };
-                self.send_text(token, reply);
-            }
-            Err(reason) => {
-                let reply = protocol::error(None, ErrorCode::BadRequest, &reason);
-                self.send_text(token, reply);
-            }
-        }
+        self.on_command(token, text);
         Some(())
-    }
-
-    /// A subscribe command: name rules, the token for a private channel,
-    /// then the subscription itself.
-    fn subscribe(
-        &mut self,
-        token: usize,
-        channel: &str,
-        since: Option<Since<'_>>,
-        auth: Option<&str>,
-    ) {
-        if !name::is_valid(channel) {
-            let reply =
-                protocol::error(Some(channel), ErrorCode::BadChannel, "invalid channel name");
-            return self.send_text(token, reply);
-        }
-        if let Err(e) = self.check_token(channel, auth) {
-            let reply = protocol::error(Some(channel), ErrorCode::Forbidden, &e.to_string());
-            return self.send_text(token, reply);
-        }
-        self.subscribe_checked(token, channel, since);
-    }
-
-    /// Checks (and counts a refusal of) the token a private channel needs.
-    pub(super) fn check_token(&self, channel: &str, auth: Option<&str>) -> Result<(), TokenError> {
-        if !self.config.is_private(channel) {
-            return Ok(());
-        }
-        let result = match (&self.tokens, auth) {
-            (None, _) => Err(TokenError::NoSecret),
-            (_, None) => Err(TokenError::Missing),
-            (Some(key), Some(t)) => key.verify(t, channel, unix_now()),
-        };
-        if let Err(e) = result {
-            WorkerMetrics::add(&self.stats().token_refusals[e.index()], 1);
-        }
-        result
-    }
-
-    /// Subscribes, answers, and sends the replay or the last value: the
-    /// reply goes first, then history, then (from the queue) live frames.
-    pub(super) fn subscribe_checked(
-        &mut self,
-        token: usize,
-        channel: &str,
-        since: Option<Since<'_>>,
-    ) {
-        let max = self.config.max_subscriptions;
-        let added = match self
-            .index
-            .subscribe(&mut self.conns, token as u32, channel, max)
-        {
-            Ok(added) => added,
-            Err(_) => {
-                let message = format!("at most {max} subscriptions per connection");
-                let reply =
-                    protocol::error(Some(channel), ErrorCode::TooManySubscriptions, &message);
-                return self.send_text(token, reply);
-            }
-        };
-        // Already subscribed: it has had everything live; nothing to replay.
-        let recovery = self
-            .history
-            .recover(channel, since.filter(|_| added), self.passed_seq);
-        let recovery = if added {
-            recovery
-        } else {
-            Recovery {
-                frames: Vec::new(),
-                ..recovery
-            }
-        };
-        let position = recovery.position.as_ref().map(|(e, off)| (&**e, *off));
-        self.send_text(
-            token,
-            protocol::subscribed(channel, position, recovery.recovered),
-        );
-        let replayed = recovery.frames.len() as u64;
-        for frame in recovery.frames {
-            self.send(token, frame);
-        }
-        WorkerMetrics::add(&self.stats().replayed, replayed);
-    }
-
-    fn send_text(&mut self, token: usize, payload: Vec<u8>) {
-        let mut frame = Vec::with_capacity(payload.len() + 4);
-        encode_frame(&mut frame, OpCode::Text, &payload, None);
-        self.send(token, frame.into());
     }
 }
 

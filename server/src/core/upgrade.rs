@@ -1,12 +1,13 @@
 //! The upgrade on the data port: route, validate, admit under the
-//! connection limit, answer 101 and subscribe to `?ch=` channels. Every
+//! connection limit, answer 101 and hand the `?ch=` subscriptions to the
+//! session. Every
 //! refusal is an HTTP status from `wire::handshake`, sent before any upgrade.
 
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use crate::channels::name;
+use crate::channels::session::ConnectQuery;
 use crate::config::MAX_REQUEST_HEAD;
 use crate::core::conn::{flag, State};
 use crate::core::worker::Worker;
@@ -31,7 +32,7 @@ impl Worker {
             self.plain_http(token, &req);
             return None;
         }
-        let (accept, channels) = match self.check_upgrade(&req) {
+        let (accept, query) = match self.check_upgrade(&req) {
             Ok(ok) => ok,
             Err(e) => {
                 self.refuse(token, e);
@@ -56,9 +57,7 @@ impl Worker {
         self.send(token, Bytes::from(switching_protocols(&accept)));
         let at = self.now + self.config.ping_interval.0 as u32;
         self.set_timer(token, at);
-        for channel in channels {
-            self.subscribe_checked(token, &channel, None);
-        }
+        self.subscribe_at_connect(token, query);
         Some(req.head_len)
     }
 
@@ -102,37 +101,12 @@ impl Worker {
 
     /// Route, upgrade headers, origin and `?ch=` subscriptions, all checked
     /// before we answer 101, so a bad request is an HTTP error.
-    fn check_upgrade(&self, req: &Request<'_>) -> Result<(String, Vec<String>), HandshakeError> {
+    fn check_upgrade(&self, req: &Request<'_>) -> Result<(String, ConnectQuery), HandshakeError> {
         let accept = validate_upgrade(req)?;
         if !self.config.origin_allowed(req.origin) {
             return Err(HandshakeError::OriginNotAllowed);
         }
-        let mut channels: Vec<String> = Vec::new();
-        let mut auth: Option<String> = None;
-        for (key, value) in form_urlencoded::parse(req.query.unwrap_or("").as_bytes()) {
-            match &*key {
-                "token" => auth = Some(value.into_owned()),
-                "ch" if !name::is_valid(&value) => {
-                    return Err(HandshakeError::BadQuery(format!(
-                        "invalid channel name '{value}'"
-                    )));
-                }
-                "ch" if !channels.iter().any(|c| *c == value) => channels.push(value.into_owned()),
-                _ => {}
-            }
-        }
-        if channels.len() > self.config.max_subscriptions {
-            return Err(HandshakeError::BadQuery(format!(
-                "{} channels asked, at most {} allowed",
-                channels.len(),
-                self.config.max_subscriptions
-            )));
-        }
-        for channel in &channels {
-            if let Err(e) = self.check_token(channel, auth.as_deref()) {
-                return Err(HandshakeError::Forbidden(format!("{channel}: {e}")));
-            }
-        }
-        Ok((accept, channels))
+        let query = self.check_connect_query(req.query)?;
+        Ok((accept, query))
     }
 }

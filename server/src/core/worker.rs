@@ -21,7 +21,6 @@ use slab::Slab;
 
 use crate::admin::metrics::{Metrics, WorkerMetrics};
 use crate::channels::broker::{Command, Inbox, Publication};
-use crate::channels::history::History;
 use crate::channels::index::ChannelIndex;
 use crate::channels::token::TokenKey;
 use crate::config::Config;
@@ -30,6 +29,7 @@ use crate::core::sys;
 use crate::core::timer::TimerWheel;
 use crate::core::write::{write_or_queue, SendError};
 use crate::demo::DemoFront;
+use crate::engine::SharedEngine;
 use crate::wire::close;
 use crate::wire::frame::{encode_frame, OpCode};
 use crate::wire::handshake::HandshakeError;
@@ -40,7 +40,7 @@ pub const WAKER: Token = Token(usize::MAX);
 /// Reads per readiness event before the connection goes to the back of the
 /// line: with edge-triggered epoll a flooding client would otherwise keep the
 /// worker to itself.
-pub(super) const MAX_READS_PER_EVENT: usize = 16;
+pub(crate) const MAX_READS_PER_EVENT: usize = 16;
 /// Accepts per readiness event, for the same reason.
 const MAX_ACCEPTS_PER_EVENT: usize = 256;
 /// Per-worker read buffer. One per worker, not per connection: a million
@@ -60,38 +60,38 @@ const EVENTS: usize = 1024;
 pub struct WorkerContext {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
-    pub history: Arc<History>,
+    pub engine: SharedEngine,
     /// Set with `--demo`: answers `/demo/session` and `/demo/book`.
     pub demo: Option<Arc<DemoFront>>,
 }
 
 pub struct Worker {
-    pub(super) id: usize,
-    pub(super) poll: Poll,
-    pub(super) listener: Option<TcpListener>,
-    pub(super) conns: Slab<Conn>,
-    pub(super) index: ChannelIndex,
-    pub(super) wheel: TimerWheel,
-    pub(super) inbox: Inbox,
-    pub(super) config: Arc<Config>,
-    pub(super) max_connections: usize,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) history: Arc<History>,
-    pub(super) demo: Option<Arc<DemoFront>>,
-    pub(super) tokens: Option<TokenKey>,
+    pub(crate) id: usize,
+    pub(crate) poll: Poll,
+    pub(crate) listener: Option<TcpListener>,
+    pub(crate) conns: Slab<Conn>,
+    pub(crate) index: ChannelIndex,
+    pub(crate) wheel: TimerWheel,
+    pub(crate) inbox: Inbox,
+    pub(crate) config: Arc<Config>,
+    pub(crate) max_connections: usize,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) engine: SharedEngine,
+    pub(crate) demo: Option<Arc<DemoFront>>,
+    pub(crate) tokens: Option<TokenKey>,
     /// Sequence number of the last publication dequeued: history entries up
-    /// to it will not come through the queue again (see `history.rs`).
-    pub(super) passed_seq: u64,
+    /// to it will not come through the queue again (see `engine/log.rs`).
+    pub(crate) passed_seq: u64,
     /// Seconds since `epoch`: the worker's clock for the timer wheel.
-    pub(super) now: u32,
+    pub(crate) now: u32,
     epoch: Instant,
     /// Taken out while a read is in progress (see `read.rs`).
-    pub(super) scratch: Vec<u8>,
+    pub(crate) scratch: Vec<u8>,
     /// Connections (and the listener) that still had input when their turn ended.
-    pub(super) rearm: Vec<Token>,
+    pub(crate) rearm: Vec<Token>,
     /// Upgraded connections on this worker (those with `flag::COUNTED`),
     /// kept as a count so the gauge never walks the slab.
-    pub(super) upgraded: usize,
+    pub(crate) upgraded: usize,
     /// Set when accept ran out of descriptors; retried on the next tick.
     accept_paused: bool,
     /// When shutting down: the second at which we stop waiting.
@@ -109,7 +109,7 @@ impl Worker {
         let WorkerContext {
             config,
             metrics,
-            history,
+            engine,
             demo,
         } = ctx;
         poll.registry()
@@ -135,7 +135,7 @@ impl Worker {
             config,
             max_connections,
             metrics,
-            history,
+            engine,
             demo,
             tokens,
             passed_seq: 0,
@@ -149,7 +149,7 @@ impl Worker {
         })
     }
 
-    pub(super) fn stats(&self) -> &WorkerMetrics {
+    pub(crate) fn stats(&self) -> &WorkerMetrics {
         &self.metrics.workers[self.id]
     }
 
@@ -192,6 +192,7 @@ impl Worker {
                 }
             }
             self.fire_timers();
+            self.release_interest();
             let stats = self.stats();
             stats.open.store(self.upgraded as u64, Ordering::Relaxed);
             stats
@@ -264,6 +265,14 @@ impl Worker {
                         self.fan_out(&batch);
                         batch.clear();
                     }
+                }
+                Command::Ready { channel, seq } => {
+                    // What came before it in the queue is out first, so the
+                    // waiting subscribers' replays meet the live stream.
+                    self.fan_out(&batch);
+                    batch.clear();
+                    self.passed_seq = self.passed_seq.max(seq);
+                    self.on_channel_ready(&channel);
                 }
                 Command::Shutdown => {
                     self.fan_out(&batch);
@@ -343,6 +352,16 @@ impl Worker {
         }
     }
 
+    /// Tells the engine which channels this worker no longer follows.
+    fn release_interest(&mut self) {
+        let emptied = self.index.take_emptied();
+        if self.engine.wants_interest() {
+            for name in &emptied {
+                self.engine.interest(self.id, name, false);
+            }
+        }
+    }
+
     /// Handshake deadlines, pings, pong deadlines and close timeouts.
     fn fire_timers(&mut self) {
         if self.accept_paused {
@@ -395,7 +414,7 @@ impl Worker {
         }
     }
 
-    pub(super) fn set_timer(&mut self, token: usize, at: u32) {
+    pub(crate) fn set_timer(&mut self, token: usize, at: u32) {
         if let Some(conn) = self.conns.get_mut(token) {
             conn.timer_at = at;
             self.wheel.schedule(token as u32, at);

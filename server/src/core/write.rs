@@ -137,7 +137,7 @@ fn flush(conn: &mut Conn) -> io::Result<(bool, usize)> {
 
 impl Worker {
     /// Sends one of our own frames (a reply, a pong, a ping) to `token`.
-    pub(super) fn send(&mut self, token: usize, frame: Bytes) {
+    pub(crate) fn send(&mut self, token: usize, frame: Bytes) {
         let bound = self.config.max_outbound.get();
         let Some(conn) = self.conns.get_mut(token) else {
             return;

@@ -1,0 +1,100 @@
+//! The in-process engine, the default: one process owns its channels'
+//! epochs, offsets, history and last values, in memory, with no external
+//! service. A publication is numbered, encoded once, kept and queued for
+//! every worker under one lock, which is what lets recovery meet the live
+//! stream with no gap and no duplicate (see `log.rs`).
+//!
+//! It must not touch sockets; the workers write what it queues.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::channels::broker::{Broker, Publication};
+use crate::engine::log::{ChannelLogs, Clock, HistoryConfig, Numbering};
+use crate::engine::{Engine, EngineError, EngineStatus, Position, Recovery, Since};
+
+/// How long a publish waits for room in full worker queues before it is
+/// refused with 503: long enough to ride out a burst, short enough that the
+/// backend's request does not hang.
+const ROOM_WAIT: Duration = Duration::from_secs(2);
+
+pub struct MemoryEngine {
+    logs: Mutex<ChannelLogs>,
+    broker: Arc<Broker>,
+}
+
+impl MemoryEngine {
+    pub fn new(config: HistoryConfig, broker: Arc<Broker>) -> MemoryEngine {
+        Self::with_clock(config, broker, Clock::real())
+    }
+
+    pub fn with_clock(config: HistoryConfig, broker: Arc<Broker>, clock: Clock) -> MemoryEngine {
+        MemoryEngine {
+            logs: Mutex::new(ChannelLogs::new(config, clock)),
+            broker,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ChannelLogs> {
+        // A panic while holding the lock cannot leave the logs half-written
+        // in a way that matters more than losing publications: carry on.
+        self.logs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn publish(&self, items: &[(&str, &str)]) -> Result<Vec<Position>, EngineError> {
+        let mut logs = self.lock();
+        // Wait for room without holding the lock, so workers can take it to
+        // serve recoveries while they drain; then check again under it.
+        let deadline = Instant::now() + ROOM_WAIT;
+        while !self.broker.has_room(items.len()) {
+            drop(logs);
+            if Instant::now() >= deadline {
+                return Err(EngineError::Overloaded);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            logs = self.lock();
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (channel, data) in items {
+            // Numbering::Next never reports a gap.
+            let Ok(appended) = logs.append(channel, data, Numbering::Next) else {
+                continue;
+            };
+            self.broker.send(Publication {
+                channel: appended.channel,
+                frame: appended.frame,
+                seq: appended.seq,
+            });
+            out.push(appended.position);
+        }
+        logs.evict_over_cap();
+        drop(logs);
+        self.broker.wake_all();
+        Ok(out)
+    }
+
+    fn recover(
+        &self,
+        channel: &str,
+        since: Option<Since<'_>>,
+        passed_seq: u64,
+    ) -> Option<Recovery> {
+        Some(self.lock().recover(channel, since, passed_seq))
+    }
+
+    fn bytes(&self) -> usize {
+        self.lock().bytes()
+    }
+
+    fn status(&self) -> EngineStatus {
+        EngineStatus {
+            kind: "memory",
+            connected: true,
+            ..EngineStatus::default()
+        }
+    }
+}
