@@ -25,9 +25,8 @@ pub const EPHEMERAL_LOOPBACK: [&str; 6] = [
     "127.0.0.1:0",
 ];
 
-/// Request heads are capped at 8 KiB: a browser's upgrade is under 2 KiB, and
-/// the cap bounds what a slowloris client can make us hold.
-pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Defined with its siblings in `limits.rs`; named here for older callers.
+pub use crate::limits::MAX_REQUEST_HEAD;
 
 /// The push server for booking surges.
 ///
@@ -74,11 +73,25 @@ pub struct Config {
     #[arg(long, env = "SURGE_BACKLOG", default_value_t = 4096)]
     pub backlog: u32,
 
-    /// Most open WebSocket connections; past it upgrades get 503 with
-    /// Retry-After. 0 means the open-file limit less a reserve of 64 for
-    /// listeners and the other ports, so we answer 503 rather than fail accept.
+    /// Most connections on the public port, those still in the handshake
+    /// included; past it new ones get 503 with Retry-After. 0 means the
+    /// open-file limit less a reserve (see `limits::fd_reserve`) for the
+    /// listeners, the publish and admin ports and the 503 answer itself, so
+    /// those always work and accept never runs out. A larger value is
+    /// lowered to that.
     #[arg(long, env = "SURGE_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+
+    /// Most connections on the public port from one source address (an
+    /// IPv6 address counts by its /64, what one subscriber gets); past it
+    /// new ones from there get 503 with Retry-After. 0: no cap. The default
+    /// is sized for carrier-grade NAT, where one public IPv4 address fronts
+    /// hundreds of subscribers (port blocks of 64-512 ports each are
+    /// common), every one of whom may have the booking page open during a
+    /// surge: 1024 lets such an address in, while one attacking host holds
+    /// at most 1024 sockets (about 8 MB of kernel memory), not the box.
+    #[arg(long, env = "SURGE_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
+    pub max_connections_per_ip: usize,
 
     /// Seconds the client is told to wait in Retry-After when we are full.
     #[arg(long, env = "SURGE_RETRY_AFTER", default_value = "5s")]
@@ -393,14 +406,16 @@ impl Config {
     }
 
     /// The connection limit in force: the configured one, or derived from
-    /// the open-file limit.
+    /// the open-file limit, never more than the descriptors left after the
+    /// reserve.
     pub fn effective_max_connections(&self) -> usize {
-        if self.max_connections > 0 {
-            return self.max_connections;
+        let available = crate::core::sys::open_file_limit()
+            .saturating_sub(crate::limits::fd_reserve(self.workers))
+            .max(1);
+        match self.max_connections {
+            0 => available,
+            n => n.min(available),
         }
-        crate::core::sys::open_file_limit()
-            .saturating_sub(64)
-            .max(1)
     }
 
     /// History retention, with the per-prefix rules parsed.

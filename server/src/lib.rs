@@ -13,7 +13,9 @@
 //! - `admin`: health, metrics and stats on their own port.
 //! - `web`, `demo`: the embedded slot board page and `surge --demo`'s
 //!   simulated booking backend.
-//! - `config`, `units`: options, defaults and their validation.
+//! - `config`, `units`: options, defaults and their validation; `limits`:
+//!   the fixed limits, each defined once.
+//! - `http`: the hardened HTTP stack under the publish and admin ports.
 //! - `server`: all of it started and stopped together.
 
 pub mod admin;
@@ -24,6 +26,7 @@ pub mod core;
 pub mod demo;
 pub mod engine;
 pub mod http;
+pub mod limits;
 pub mod server;
 pub mod units;
 pub mod web;

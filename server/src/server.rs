@@ -19,7 +19,7 @@ use crate::demo::{self, DemoBackend};
 use crate::engine::log::random_u64;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::SharedEngine;
-use crate::http::{BindError, Service};
+use crate::http::{BindError, Runtime, Service};
 
 /// Why the server could not start. All are fatal at start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,7 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     publish: Service,
     admin: Service,
+    runtime: Runtime,
     demo: Option<DemoBackend>,
     stopping: Arc<AtomicBool>,
 }
@@ -121,8 +122,18 @@ impl Server {
         }
 
         let stopping = Arc::new(AtomicBool::new(false));
-        let publish = api::spawn(&config, engine.clone(), metrics.clone())?;
-        let admin = admin::spawn(config.admin_listen, metrics.clone(), stopping.clone())?;
+        let runtime = Runtime::start().map_err(|source| StartError::Worker {
+            id: usize::MAX,
+            source,
+        })?;
+        let handle = runtime.handle();
+        let publish = api::spawn(&handle, &config, engine.clone(), metrics.clone())?;
+        let admin = admin::spawn(
+            &handle,
+            config.admin_listen,
+            metrics.clone(),
+            stopping.clone(),
+        )?;
         let demo = match demo_bookings {
             Some(rx) => Some(
                 demo::start_backend(rx, publish.addr, config.api_key.clone()).map_err(
@@ -153,6 +164,7 @@ impl Server {
             workers,
             publish,
             admin,
+            runtime,
             demo,
             stopping,
         })
@@ -175,6 +187,7 @@ impl Server {
         }
         self.publish.stop();
         self.admin.stop();
+        self.runtime.stop();
         tracing::info!("surge stopped");
     }
 }

@@ -48,6 +48,11 @@ pub struct WorkerMetrics {
     pub handshake_failures: [AtomicU64; HandshakeError::LABELS.len()],
     /// Indexed like [`CLOSE_CODES`], plus one slot for other codes.
     pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
+    /// Panics caught while handling one connection's event (each closed 1011).
+    pub panics: AtomicU64,
+    /// Connections refused at accept with a bare close, past the shedding
+    /// budget (the others got a 503 and are counted as handshake failures).
+    pub dropped_at_accept: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -67,8 +72,17 @@ impl WorkerMetrics {
 /// All counters of one server.
 pub struct Metrics {
     pub workers: Vec<CachePadded<WorkerMetrics>>,
-    /// Upgraded connections across workers; checked against the limit.
+    /// Upgraded connections across workers.
     pub open_connections: AtomicUsize,
+    /// Sockets held on the public port (in the handshake, open or
+    /// closing); checked against the connection limit at accept.
+    pub sockets: AtomicUsize,
+    /// Worker threads that died; /healthz is not 200 while it is non-zero.
+    pub dead_workers: AtomicU64,
+    /// Connections the publish port turned away at its cap.
+    pub publish_busy: AtomicU64,
+    /// Connections the admin port turned away at its cap.
+    pub admin_busy: AtomicU64,
     pub publish_requests: AtomicU64,
     pub publish_rejected: AtomicU64,
     pub publications: AtomicU64,
@@ -85,6 +99,10 @@ impl Metrics {
                 .map(|_| CachePadded::new(WorkerMetrics::default()))
                 .collect(),
             open_connections: AtomicUsize::new(0),
+            sockets: AtomicUsize::new(0),
+            dead_workers: AtomicU64::new(0),
+            publish_busy: AtomicU64::new(0),
+            admin_busy: AtomicU64::new(0),
             publish_requests: AtomicU64::new(0),
             publish_rejected: AtomicU64::new(0),
             publications: AtomicU64::new(0),
@@ -261,6 +279,46 @@ impl Metrics {
             "counter",
             "Publish requests answered with an error.",
             &one(rejected),
+        );
+        metric(
+            "public_sockets",
+            "gauge",
+            "Sockets held on the public port, handshakes included.",
+            &one(self.sockets.load(Relaxed) as u64),
+        );
+        metric(
+            "handler_panics_total",
+            "counter",
+            "Panics caught handling one connection (that connection closed 1011).",
+            &one(self.sum(|w| &w.panics)),
+        );
+        metric(
+            "dropped_at_accept_total",
+            "counter",
+            "Connections closed at accept without an answer (shedding budget spent).",
+            &one(self.sum(|w| &w.dropped_at_accept)),
+        );
+        metric(
+            "dead_workers",
+            "gauge",
+            "Worker threads that died (the process exits to be restarted).",
+            &one(self.dead_workers.load(Relaxed)),
+        );
+        let busy = vec![
+            (
+                "{port=\"publish\"}".to_string(),
+                self.publish_busy.load(Relaxed),
+            ),
+            (
+                "{port=\"admin\"}".to_string(),
+                self.admin_busy.load(Relaxed),
+            ),
+        ];
+        metric(
+            "http_busy_total",
+            "counter",
+            "Connections turned away at a port's connection cap.",
+            &busy,
         );
         let rss = crate::core::sys::resident_bytes().unwrap_or(0);
         metric(
