@@ -219,6 +219,13 @@ pub struct Config {
     /// the push protocol (used to run the Autobahn|Testsuite).
     #[arg(long, env = "SURGE_ECHO", default_value_t = false)]
     pub echo: bool,
+
+    /// Testing only: messages `surge-test:panic` and `surge-test:kill-worker`
+    /// make the server panic in a handler or kill a worker, so tests can
+    /// prove a bug is contained. Never set in production.
+    #[arg(long, hide = true, default_value_t = false)]
+    #[serde(skip)]
+    pub test_panic_hooks: bool,
 }
 
 fn default_workers() -> usize {

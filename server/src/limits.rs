@@ -81,11 +81,21 @@ pub const FD_RESERVE_BASE: usize = 64;
 /// waker, its listener and its spare.
 pub const FD_PER_WORKER: usize = 4;
 
+/// Connections each worker may hold past the connection limit (or a
+/// source address's cap) only to deliver their 503 and close gracefully:
+/// closed at once instead, the answer could be lost to a reset. Past this
+/// budget a refused connection gets its 503 written and is closed at once,
+/// so a flood of refusals cannot pin descriptors either.
+pub const SHED_SLOTS_PER_WORKER: usize = 32;
+
 /// Descriptors kept back from the public port for `workers` workers: enough
 /// that the publish API and admin port at their connection caps, and the 503
 /// answer to a refused browser, always get one.
 pub const fn fd_reserve(workers: usize) -> usize {
-    FD_RESERVE_BASE + FD_PER_WORKER * workers + MAX_PUBLISH_CONNECTIONS + MAX_ADMIN_CONNECTIONS
+    FD_RESERVE_BASE
+        + (FD_PER_WORKER + SHED_SLOTS_PER_WORKER) * workers
+        + MAX_PUBLISH_CONNECTIONS
+        + MAX_ADMIN_CONNECTIONS
 }
 
 // ---- per source address ----

@@ -3,11 +3,20 @@
 //! channel token for testing instead.
 
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use surge::config::ConfigError;
 use surge::{Config, Server};
+
+/// Exit status when a worker thread died (EX_SOFTWARE): not a clean stop,
+/// so a supervisor restarts the process.
+const EXIT_WORKER_DIED: u8 = 70;
+
+/// How often the main thread looks for a signal or a dead worker.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Mints a token for a private channel, as the booking backend would.
 #[derive(clap::Parser)]
@@ -81,9 +90,18 @@ fn main() -> ExitCode {
         "surge listening: ws://{}/ws publish=http://{}/api/publish admin=http://{}/metrics",
         server.public_addr, server.publish_addr, server.admin_addr
     );
-    if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "shutting down");
-    }
+    let code = loop {
+        if let Some(signal) = signals.pending().next() {
+            tracing::info!(signal, "shutting down");
+            break ExitCode::SUCCESS;
+        }
+        if server.metrics.dead_workers.load(Ordering::Relaxed) > 0 {
+            // Never run half-dead: exit so the supervisor starts a whole one.
+            tracing::error!("a worker thread died; exiting for a restart");
+            break ExitCode::from(EXIT_WORKER_DIED);
+        }
+        std::thread::sleep(WATCH_INTERVAL);
+    };
     server.shutdown();
-    ExitCode::SUCCESS
+    code
 }

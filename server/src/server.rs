@@ -107,6 +107,7 @@ impl Server {
             metrics: metrics.clone(),
             engine: engine.clone(),
             demo: demo_front,
+            addresses: Default::default(),
         };
         let mut workers = Vec::with_capacity(config.workers);
         for (id, ((poll, listener), inbox)) in

@@ -49,6 +49,9 @@ pub mod flag {
     pub const COUNTED: u8 = 1 << 4;
     /// The timer is a pong deadline (a ping went out), not the next ping.
     pub const PING_OUT: u8 = 1 << 5;
+    /// Refused at accept and held only to deliver its 503: counted in the
+    /// worker's shedding budget, not in the socket or per-address counts.
+    pub const SHED: u8 = 1 << 6;
 }
 
 /// One connection in a worker's slab. Cost at 1M idle connections: socket 4 MB,
@@ -63,6 +66,9 @@ pub struct Conn {
     pub timer_at: u32,
     pub state: State,
     pub flags: u8,
+    /// Its source address's bucket in `AddressCounts`, released at close.
+    /// Sits in what was padding: it costs no byte.
+    pub addr_bucket: u16,
     /// Channels this connection subscribes to; two fit without a heap block.
     pub subs: SmallVec<[Sub; 2]>,
     pub rare: Option<Box<Rare>>,
@@ -96,6 +102,7 @@ impl Conn {
             timer_at,
             state: State::Handshake,
             flags: 0,
+            addr_bucket: 0,
             subs: SmallVec::new(),
             rare: None,
         }

@@ -317,6 +317,9 @@ impl Worker {
         }
         // Validated as UTF-8 on the way in.
         let text = std::str::from_utf8(payload).ok()?;
+        if self.config.test_panic_hooks {
+            self.test_hook(text);
+        }
         self.on_command(token, text);
         Some(())
     }

@@ -260,6 +260,7 @@ impl Worker {
         if let Some(conn) = self.conns.get_mut(token) {
             if conn.has(flag::COUNTED) {
                 conn.clear(flag::COUNTED);
+                self.upgraded -= 1;
                 self.metrics
                     .open_connections
                     .fetch_sub(1, Ordering::Relaxed);
@@ -281,6 +282,12 @@ impl Worker {
         self.index.unsubscribe_all(&mut self.conns, token as u32);
         self.uncount(token);
         if let Some(conn) = self.conns.try_remove(token) {
+            if conn.has(flag::SHED) {
+                self.shedding -= 1;
+            } else {
+                self.metrics.sockets.fetch_sub(1, Ordering::Relaxed);
+                self.addresses.release(conn.addr_bucket);
+            }
             // Closing the fd removes it from epoll; deregistering first keeps
             // that true even if the fd were ever duplicated.
             let _ = self
