@@ -85,7 +85,8 @@ pub struct Rare {
     pub utf8_checked: usize,
     /// Frames not yet written; the first may be partly written already.
     pub out: VecDeque<Bytes>,
-    /// Sum of `out`'s lengths.
+    /// What `out` costs: its bytes plus a fixed overhead per entry (see
+    /// `write::FRAME_OVERHEAD`), checked against `--max-outbound`.
     pub out_len: usize,
 }
 
@@ -125,7 +126,7 @@ impl Conn {
         self.rare.get_or_insert_with(Box::default)
     }
 
-    /// Unsent bytes queued on this connection.
+    /// What the unsent frames queued on this connection cost.
     pub fn unsent(&self) -> usize {
         self.rare.as_ref().map_or(0, |r| r.out_len)
     }
