@@ -127,6 +127,14 @@ pub struct Config {
     #[arg(long, env = "SURGE_MAX_OUTBOUND", default_value = "256KiB")]
     pub max_outbound: ByteSize,
 
+    /// Frames (commands, pings, pongs, fragments) a connection may send per
+    /// second, after a burst of 128; past it the connection is closed with
+    /// 1008. A browser sends a few commands at connect and a pong every
+    /// 25 s; 20/s is far above that and still makes a flood of pings or
+    /// commands cost the flooder its connection within seconds. 0: no limit.
+    #[arg(long, env = "SURGE_MAX_MESSAGE_RATE", default_value_t = 20)]
+    pub max_message_rate: u32,
+
     /// Subscriptions per connection. A slot board needs a clinic and the
     /// user's own channel; 32 leaves room without letting one socket pin
     /// thousands of index entries.

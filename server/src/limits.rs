@@ -98,6 +98,15 @@ pub const fn fd_reserve(workers: usize) -> usize {
         + MAX_ADMIN_CONNECTIONS
 }
 
+// ---- inbound rate ----
+
+/// Frames a connection may send in a burst before `--max-message-rate`
+/// applies (the bucket's size). A browser's burst is its subscriptions at
+/// connect (at most 32) plus a pong; 128 leaves room and fits the byte
+/// `Conn` keeps it in. Autobahn's conformance cases send at most ~60 frames
+/// per connection, so they pass untouched.
+pub const MESSAGE_BURST: u8 = 128;
+
 // ---- per source address ----
 
 /// Buckets of the per-address connection counts. Addresses are hashed into

@@ -23,7 +23,7 @@ pub const CLOSE_CODES: [u16; 11] = [
     close::UNSUPPORTED_DATA,
     close::ABNORMAL,
     close::INVALID_PAYLOAD,
-    1008,
+    close::POLICY_VIOLATION,
     close::MESSAGE_TOO_BIG,
     close::INTERNAL_ERROR,
     close::TOO_SLOW,
@@ -48,6 +48,8 @@ pub struct WorkerMetrics {
     pub handshake_failures: [AtomicU64; HandshakeError::LABELS.len()],
     /// Indexed like [`CLOSE_CODES`], plus one slot for other codes.
     pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
+    /// Connections closed 1008 for sending frames past their rate.
+    pub rate_limited: AtomicU64,
     /// Panics caught while handling one connection's event (each closed 1011).
     pub panics: AtomicU64,
     /// Connections refused at accept with a bare close, past the shedding
@@ -285,6 +287,12 @@ impl Metrics {
             "gauge",
             "Sockets held on the public port, handshakes included.",
             &one(self.sockets.load(Relaxed) as u64),
+        );
+        metric(
+            "rate_limit_closes_total",
+            "counter",
+            "Connections closed 1008 for frames or commands past their rate.",
+            &one(self.sum(|w| &w.rate_limited)),
         );
         metric(
             "handler_panics_total",

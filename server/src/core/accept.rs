@@ -17,7 +17,7 @@ use crate::admin::metrics::WorkerMetrics;
 use crate::core::conn::{flag, Conn};
 use crate::core::sys;
 use crate::core::worker::{Worker, LISTENER, MAX_ACCEPTS_PER_EVENT};
-use crate::limits::SHED_SLOTS_PER_WORKER;
+use crate::limits::{MESSAGE_BURST, SHED_SLOTS_PER_WORKER};
 use crate::wire::handshake::{refusal, HandshakeError};
 
 impl Worker {
@@ -95,6 +95,8 @@ impl Worker {
         let at = self.now + self.config.handshake_timeout.0 as u32;
         let mut conn = Conn::new(socket, at);
         conn.addr_bucket = bucket;
+        conn.credit = MESSAGE_BURST;
+        conn.credit_at = self.now as u16;
         conn.set(flags);
         entry.insert(conn);
         self.wheel.schedule(token, at);

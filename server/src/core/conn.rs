@@ -69,6 +69,12 @@ pub struct Conn {
     /// Its source address's bucket in `AddressCounts`, released at close.
     /// Sits in what was padding: it costs no byte.
     pub addr_bucket: u16,
+    /// Frames it may still send before the rate limit closes it (a token
+    /// bucket of `limits::MESSAGE_BURST`), refilled by `credit_at`. Both
+    /// sit in what was padding.
+    pub credit: u8,
+    /// The worker second (mod 2^16) the credit was last refilled.
+    pub credit_at: u16,
     /// Channels this connection subscribes to; two fit without a heap block.
     pub subs: SmallVec<[Sub; 2]>,
     pub rare: Option<Box<Rare>>,
@@ -104,6 +110,8 @@ impl Conn {
             state: State::Handshake,
             flags: 0,
             addr_bucket: 0,
+            credit: 0,
+            credit_at: 0,
             subs: SmallVec::new(),
             rare: None,
         }

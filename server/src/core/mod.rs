@@ -6,6 +6,7 @@ mod accept;
 pub mod addresses;
 pub mod conn;
 mod guard;
+mod rate;
 mod read;
 pub mod sys;
 pub mod timer;

@@ -188,6 +188,7 @@ impl Worker {
             }
             pos = end;
             WorkerMetrics::add(&self.metrics.workers[self.id].frames_in, 1);
+            self.spend_credit(token)?;
             self.on_frame(token, header, payload)?;
         }
         Some(pos)
