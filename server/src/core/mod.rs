@@ -5,7 +5,7 @@
 mod accept;
 pub mod addresses;
 pub mod conn;
-mod guard;
+pub mod guard;
 mod rate;
 mod read;
 pub mod sys;
