@@ -28,7 +28,8 @@ const FLOOD_PER_PROCESS: usize = 400;
 fn half_open(addr: SocketAddr, source: IpAddr, n: usize) -> Vec<TcpStream> {
     (0..n)
         .filter_map(|_| {
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
             s.bind(&SocketAddr::new(source, 0).into()).ok()?;
             s.connect_timeout(&addr.into(), WAIT).ok()?;
             Some(s.into())
@@ -92,7 +93,12 @@ impl Drop for Killed {
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command name (which may hold spaces) start at ')'.
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
@@ -101,7 +107,14 @@ fn spawn_limited_surge() -> (Killed, SocketAddr, SocketAddr, SocketAddr) {
     let mut command = Command::new(BIN);
     command
         .args(surge::config::EPHEMERAL_LOOPBACK)
-        .args(["--workers", "2", "--handshake-timeout", "60s", "--log", "error"])
+        .args([
+            "--workers",
+            "2",
+            "--handshake-timeout",
+            "60s",
+            "--log",
+            "error",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     // SAFETY: setrlimit is async-signal-safe and only touches the child.
@@ -127,12 +140,19 @@ fn spawn_limited_surge() -> (Killed, SocketAddr, SocketAddr, SocketAddr) {
         let rest = line.split(key).nth(1).expect("address in the line");
         rest.split('/').next().unwrap().parse().unwrap()
     };
-    let (ws, publish, admin) = (addr("ws://"), addr("publish=http://"), addr("admin=http://"));
+    let (ws, publish, admin) = (
+        addr("ws://"),
+        addr("publish=http://"),
+        addr("admin=http://"),
+    );
     (Killed(child), ws, publish, admin)
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    match ureq::get(&format!("http://{addr}{path}")).timeout(WAIT).call() {
+    match ureq::get(&format!("http://{addr}{path}"))
+        .timeout(WAIT)
+        .call()
+    {
         Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
         Err(e) => panic!("GET {path}: {e}"),
@@ -168,7 +188,11 @@ async fn descriptor_flood_leaves_publish_admin_and_subscribers_served() {
     let (flood_a, a) = start_flood(ws, "127.0.0.2");
     let (flood_b, b) = start_flood(ws, "127.0.0.3");
     let (mut flood_a, mut flood_b) = (Killed(flood_a), Killed(flood_b));
-    assert_eq!(a + b, 2 * FLOOD_PER_PROCESS, "the kernel took every flood socket");
+    assert_eq!(
+        a + b,
+        2 * FLOOD_PER_PROCESS,
+        "the kernel took every flood socket"
+    );
     let limit = metric_of(admin, "surge_public_sockets");
     eprintln!("flood of {} half-open sockets; surge holds {limit}", a + b);
     let ticks = cpu_ticks(surge.0.id());
