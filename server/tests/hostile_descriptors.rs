@@ -58,8 +58,8 @@ fn flood_helper() {
 }
 
 /// Starts a flooding process and waits until its sockets are connected.
-fn start_flood(addr: SocketAddr, source: &str) -> (Child, usize) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+fn start_flood(addr: SocketAddr, source: &str) -> (Killed, usize) {
+    let child = Command::new(std::env::current_exe().unwrap())
         .args(["flood_helper", "--exact", "--ignored", "--nocapture"])
         .env(FLOOD_ENV, format!("{addr} {FLOOD_PER_PROCESS} {source}"))
         .stdin(Stdio::piped())
@@ -67,7 +67,8 @@ fn start_flood(addr: SocketAddr, source: &str) -> (Child, usize) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut child = Killed(child);
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
     let mut line = String::new();
     while out.read_line(&mut line).unwrap() > 0 {
         if let Some(n) = line.trim().strip_prefix("ready ") {
@@ -130,9 +131,9 @@ fn spawn_limited_surge() -> (Killed, SocketAddr, SocketAddr, SocketAddr) {
             Ok(())
         });
     }
-    let mut child = command.spawn().unwrap();
+    let mut child = Killed(command.spawn().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     // "surge listening: ws://A/ws publish=http://B/api/publish admin=http://C/metrics"
@@ -145,7 +146,7 @@ fn spawn_limited_surge() -> (Killed, SocketAddr, SocketAddr, SocketAddr) {
         addr("publish=http://"),
         addr("admin=http://"),
     );
-    (Killed(child), ws, publish, admin)
+    (child, ws, publish, admin)
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -185,9 +186,8 @@ async fn descriptor_flood_leaves_publish_admin_and_subscribers_served() {
         .expect("subscriber connects before the flood");
     assert_eq!(next_json(&mut subscriber).await["op"], "subscribed");
 
-    let (flood_a, a) = start_flood(ws, "127.0.0.2");
-    let (flood_b, b) = start_flood(ws, "127.0.0.3");
-    let (mut flood_a, mut flood_b) = (Killed(flood_a), Killed(flood_b));
+    let (mut flood_a, a) = start_flood(ws, "127.0.0.2");
+    let (mut flood_b, b) = start_flood(ws, "127.0.0.3");
     assert_eq!(
         a + b,
         2 * FLOOD_PER_PROCESS,

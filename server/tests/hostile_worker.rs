@@ -51,12 +51,9 @@ async fn a_dead_worker_releases_its_connections_and_fails_health() {
     publish_async(&server, "w", "7").await;
     let mut survivors = 0;
     for ws in clients.iter_mut() {
-        match next_data_or_end(ws).await {
-            Some(data) => {
-                assert_eq!(data, 7);
-                survivors += 1;
-            }
-            None => {}
+        if let Some(data) = next_data_or_end(ws).await {
+            assert_eq!(data, 7);
+            survivors += 1;
         }
     }
     eprintln!(
