@@ -141,7 +141,12 @@ pub struct Config {
     #[arg(long, env = "SURGE_MAX_SUBSCRIPTIONS", default_value_t = 32)]
     pub max_subscriptions: usize,
 
-    /// Origins allowed to connect (repeat or comma-separate). Empty: any.
+    /// Origins whose pages may connect (repeat or comma-separate), e.g.
+    /// https://book.example. Empty: only pages from the same origin as the
+    /// request's Host, which stops another site's page from opening a
+    /// socket with its visitors' cookies (cross-site WebSocket hijacking);
+    /// the demo page is same-origin. '*': any origin, explicitly. A request
+    /// without Origin is not from a browser and is always allowed.
     #[arg(
         long = "allowed-origin",
         env = "SURGE_ALLOWED_ORIGINS",
@@ -411,9 +416,10 @@ impl Config {
         }
         self.history_config()?;
         for origin in &self.allowed_origins {
-            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+            let any = origin == "*";
+            if !(any || origin.starts_with("http://") || origin.starts_with("https://")) {
                 return fail(format!(
-                    "--allowed-origin '{origin}' must start with http:// or https://"
+                    "--allowed-origin '{origin}' must be '*' or start with http:// or https://"
                 ));
             }
         }
@@ -475,20 +481,90 @@ impl Config {
         !self.private_prefix.is_empty() && channel.starts_with(&self.private_prefix)
     }
 
-    /// Whether `origin` may connect.
-    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        self.allowed_origins.is_empty()
-            || origin.is_some_and(|o| {
-                self.allowed_origins
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(o))
-            })
+    /// Whether a page at `origin` may connect to us, reached as `host`;
+    /// the error says why not.
+    pub fn check_origin(&self, origin: Option<&str>, host: Option<&str>) -> Result<(), String> {
+        let Some(origin) = origin else {
+            return Ok(());
+        };
+        if self.allowed_origins.is_empty() {
+            let same = host.is_some_and(|h| same_origin(origin, h));
+            return match same {
+                true => Ok(()),
+                false => Err(format!(
+                    "origin {origin} is not this host ({}); the server must list it with --allowed-origin",
+                    host.unwrap_or("none")
+                )),
+            };
+        }
+        let listed = self
+            .allowed_origins
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
+        match listed {
+            true => Ok(()),
+            false => Err(format!("origin {origin} is not in --allowed-origin")),
+        }
     }
+}
+
+/// Whether `origin` (scheme://authority) names the same place as the
+/// request's `host` header, default ports made explicit on both sides.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let (authority, default_port) = if let Some(a) = origin.strip_prefix("http://") {
+        (a, ":80")
+    } else if let Some(a) = origin.strip_prefix("https://") {
+        (a, ":443")
+    } else {
+        return false;
+    };
+    let with_port = |a: &str| {
+        // An IPv6 literal ends in ']' unless a port follows it.
+        let has_port = a.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
+        if has_port {
+            a.to_ascii_lowercase()
+        } else {
+            format!("{}{default_port}", a.to_ascii_lowercase())
+        }
+    };
+    with_port(authority) == with_port(host)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_must_match_host_by_default() {
+        let c = Config::default();
+        assert!(c.check_origin(None, Some("x:8080")).is_ok());
+        assert!(c
+            .check_origin(Some("http://x:8080"), Some("X:8080"))
+            .is_ok());
+        assert!(c.check_origin(Some("http://x"), Some("x:80")).is_ok());
+        assert!(c.check_origin(Some("https://x"), Some("x")).is_ok());
+        assert!(c
+            .check_origin(Some("http://[::1]:80"), Some("[::1]"))
+            .is_ok());
+        assert!(c
+            .check_origin(Some("https://evil.example"), Some("x"))
+            .is_err());
+        assert!(c
+            .check_origin(Some("http://x:8081"), Some("x:8080"))
+            .is_err());
+        assert!(c.check_origin(Some("null"), Some("x")).is_err());
+        let any = Config::load_from(["surge", "--allowed-origin", "*"]).unwrap();
+        assert!(any
+            .check_origin(Some("https://evil.example"), Some("x"))
+            .is_ok());
+        let list = Config::load_from(["surge", "--allowed-origin", "https://a.example"]).unwrap();
+        assert!(list
+            .check_origin(Some("https://a.example"), Some("x"))
+            .is_ok());
+        assert!(list
+            .check_origin(Some("https://b.example"), Some("x"))
+            .is_err());
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -51,8 +51,8 @@ pub enum HandshakeError {
     BadVersion,
     #[error("Sec-WebSocket-Key must be 16 bytes in base64")]
     BadKey,
-    #[error("origin not allowed")]
-    OriginNotAllowed,
+    #[error("origin not allowed: {0}")]
+    OriginNotAllowed(String),
     #[error("private channel refused: {0}")]
     Forbidden(String),
     #[error("no such path")]
@@ -80,7 +80,7 @@ impl HandshakeError {
             | HandshakeError::BadQuery(_) => 400,
             HandshakeError::HeadTooLarge(_) => 431,
             HandshakeError::BadVersion => 426,
-            HandshakeError::OriginNotAllowed | HandshakeError::Forbidden(_) => 403,
+            HandshakeError::OriginNotAllowed(_) | HandshakeError::Forbidden(_) => 403,
             HandshakeError::NotFound => 404,
             HandshakeError::AtCapacity | HandshakeError::PerAddress => 503,
             HandshakeError::Timeout => 408,
@@ -98,7 +98,7 @@ impl HandshakeError {
             HandshakeError::NotUpgrade => "not_upgrade",
             HandshakeError::BadVersion => "bad_version",
             HandshakeError::BadKey => "bad_key",
-            HandshakeError::OriginNotAllowed => "origin",
+            HandshakeError::OriginNotAllowed(_) => "origin",
             HandshakeError::Forbidden(_) => "forbidden",
             HandshakeError::NotFound => "not_found",
             HandshakeError::BadQuery(_) => "bad_query",
