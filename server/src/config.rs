@@ -205,6 +205,14 @@ pub struct Config {
     #[serde(default)]
     pub token_secret: Option<String>,
 
+    /// The secret before the last rotation: tokens it signed are still
+    /// accepted (until they expire), new ones are checked against both.
+    /// Rotate by moving the old --token-secret here; drop it once the
+    /// longest token lifetime has passed.
+    #[arg(long, env = "SURGE_TOKEN_SECRET_PREVIOUS", hide_env_values = true)]
+    #[serde(default)]
+    pub token_secret_previous: Option<String>,
+
     /// API key the booking backend sends as `Authorization: Bearer KEY` on
     /// every publish request. Without one, --publish-listen must be loopback.
     #[arg(long, env = "SURGE_API_KEY", hide_env_values = true)]
@@ -398,6 +406,14 @@ impl Config {
         if self.token_secret.as_ref().is_some_and(|k| k.len() < 16) {
             return fail("--token-secret must be at least 16 bytes".into());
         }
+        if let Some(previous) = &self.token_secret_previous {
+            if previous.len() < 16 || self.token_secret.is_none() {
+                return fail(
+                    "--token-secret-previous must be at least 16 bytes, beside a --token-secret"
+                        .into(),
+                );
+            }
+        }
         if self.history_size == 0 {
             return fail("--history-size must be at least 1 (the last value)".into());
         }
@@ -479,6 +495,16 @@ impl Config {
     /// Whether `channel` needs a token.
     pub fn is_private(&self, channel: &str) -> bool {
         !self.private_prefix.is_empty() && channel.starts_with(&self.private_prefix)
+    }
+
+    /// The key private channel tokens are checked with: the secret, and the
+    /// previous one during a rotation. `None` without a secret.
+    pub fn token_key(&self) -> Option<crate::channels::token::TokenKey> {
+        let key = crate::channels::token::TokenKey::new(self.token_secret.as_ref()?.as_bytes())?;
+        match &self.token_secret_previous {
+            Some(previous) => key.with_previous(previous.as_bytes()),
+            None => Some(key),
+        }
     }
 
     /// Whether a page at `origin` may connect to us, reached as `host`;

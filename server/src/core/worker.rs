@@ -125,10 +125,7 @@ impl Worker {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let max_connections = config.effective_max_connections();
-        let tokens = config
-            .token_secret
-            .as_ref()
-            .and_then(|s| TokenKey::new(s.as_bytes()));
+        let tokens = config.token_key();
         // Reserve the slab for this worker's share of the limit once: the
         // pages are mapped but untouched until used, so this costs address
         // space, not RSS, and growing by doubling would leave each old
