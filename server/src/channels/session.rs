@@ -22,6 +22,8 @@ use crate::wire::handshake::HandshakeError;
 pub struct ConnectQuery {
     pub channels: Vec<String>,
     pub token: Option<String>,
+    /// Private channels among them and when their token expires.
+    pub expiries: Vec<(String, u64)>,
 }
 
 impl Worker {
@@ -54,8 +56,10 @@ impl Worker {
             )));
         }
         for channel in &out.channels {
-            if let Err(e) = self.check_token(channel, out.token.as_deref()) {
-                return Err(HandshakeError::Forbidden(format!("{channel}: {e}")));
+            match self.check_token(channel, out.token.as_deref()) {
+                Ok(Some(expires)) => out.expiries.push((channel.clone(), expires)),
+                Ok(None) => {}
+                Err(e) => return Err(HandshakeError::Forbidden(format!("{channel}: {e}"))),
             }
         }
         Ok(out)
@@ -65,6 +69,9 @@ impl Worker {
     pub(crate) fn subscribe_at_connect(&mut self, token: usize, query: ConnectQuery) {
         for channel in query.channels {
             self.subscribe_checked(token, &channel, None);
+        }
+        for (channel, expires) in query.expiries {
+            self.expiries.set(token as u32, &channel, expires);
         }
     }
 
@@ -85,12 +92,14 @@ impl Worker {
             Ok(Command::Unsub { ch }) => {
                 let reply = if name::is_valid(&ch) {
                     self.index.unsubscribe(&mut self.conns, token as u32, &ch);
+                    self.expiries.forget(token as u32, &ch);
                     protocol::reply("unsubscribed", &ch)
                 } else {
                     protocol::error(Some(&ch), ErrorCode::BadChannel, "invalid channel name")
                 };
                 self.send_text(token, reply);
             }
+            Ok(Command::Refresh { ch, token: auth }) => self.refresh(token, &ch, &auth),
             Err(reason) => {
                 let reply = protocol::error(None, ErrorCode::BadRequest, &reason);
                 self.send_text(token, reply);
@@ -112,22 +121,73 @@ impl Worker {
                 protocol::error(Some(channel), ErrorCode::BadChannel, "invalid channel name");
             return self.send_text(token, reply);
         }
-        if let Err(e) = self.check_token(channel, auth) {
-            let reply = protocol::error(Some(channel), ErrorCode::Forbidden, &e.to_string());
-            return self.send_text(token, reply);
-        }
+        let expires = match self.check_token(channel, auth) {
+            Ok(expires) => expires,
+            Err(e) => {
+                let reply = protocol::error(Some(channel), ErrorCode::Forbidden, &e.to_string());
+                return self.send_text(token, reply);
+            }
+        };
         self.subscribe_checked(token, channel, since);
+        if let Some(expires) = expires {
+            self.expiries.set(token as u32, channel, expires);
+        }
     }
 
-    /// Checks (and counts a refusal of) the token a private channel needs.
-    pub(crate) fn check_token(&self, channel: &str, auth: Option<&str>) -> Result<(), TokenError> {
+    /// A newer token for a private subscription: it now lasts until the
+    /// new token's expiry. A refused token changes nothing: the
+    /// subscription still ends when the old one expires.
+    fn refresh(&mut self, token: usize, channel: &str, auth: &str) {
+        if !self.expiries.has(token as u32, channel) {
+            let reply = protocol::error(
+                Some(channel),
+                ErrorCode::BadRequest,
+                "refresh needs a private channel this connection holds",
+            );
+            return self.send_text(token, reply);
+        }
+        match self.check_token(channel, Some(auth)) {
+            Ok(Some(expires)) => {
+                self.expiries.set(token as u32, channel, expires);
+                self.send_text(token, protocol::reply("refreshed", channel));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let reply = protocol::error(Some(channel), ErrorCode::Forbidden, &e.to_string());
+                self.send_text(token, reply);
+            }
+        }
+    }
+
+    /// Ends every private subscription whose token expired without a
+    /// refresh, telling the browser why; its connection stays open.
+    pub(crate) fn expire_private_subscriptions(&mut self) {
+        for (conn, channel) in self.expiries.due(unix_now()) {
+            if self.index.unsubscribe(&mut self.conns, conn, &channel) {
+                let reply = protocol::error(
+                    Some(&channel),
+                    ErrorCode::TokenExpired,
+                    "token expired; subscribe again with a new token",
+                );
+                self.send_text(conn as usize, reply);
+            }
+        }
+    }
+
+    /// Checks (and counts a refusal of) the token a private channel needs;
+    /// `Some(expiry)` for a private channel, `None` for a public one.
+    pub(crate) fn check_token(
+        &self,
+        channel: &str,
+        auth: Option<&str>,
+    ) -> Result<Option<u64>, TokenError> {
         if !self.config.is_private(channel) {
-            return Ok(());
+            return Ok(None);
         }
         let result = match (&self.tokens, auth) {
             (None, _) => Err(TokenError::NoSecret),
             (_, None) => Err(TokenError::Missing),
-            (Some(key), Some(t)) => key.verify(t, channel, unix_now()),
+            (Some(key), Some(t)) => key.verify_until(t, channel, unix_now()).map(Some),
         };
         if let Err(e) = result {
             WorkerMetrics::add(&self.stats().token_refusals[e.index()], 1);

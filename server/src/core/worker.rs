@@ -19,6 +19,7 @@ use slab::Slab;
 
 use crate::admin::metrics::{Metrics, WorkerMetrics};
 use crate::channels::broker::{Command, Inbox, Publication};
+use crate::channels::expiry::Expiries;
 use crate::channels::index::ChannelIndex;
 use crate::channels::token::TokenKey;
 use crate::config::Config;
@@ -103,6 +104,10 @@ pub struct Worker {
     pub(crate) spare: Option<std::fs::File>,
     /// Set by a test hook (see `guard.rs`): the loop dies after this turn.
     pub(crate) kill_requested: bool,
+    /// When this worker's private subscriptions end (see `channels/expiry.rs`).
+    pub(crate) expiries: Expiries,
+    /// The worker second expiries were last checked in: once a second is enough.
+    expiries_checked: u32,
     /// When shutting down: the second at which we stop waiting.
     shutdown_at: Option<u32>,
 }
@@ -156,6 +161,8 @@ impl Worker {
             shedding: 0,
             spare: sys::spare_descriptor(),
             kill_requested: false,
+            expiries: Expiries::default(),
+            expiries_checked: 0,
             shutdown_at: None,
         })
     }
@@ -214,6 +221,10 @@ impl Worker {
                 panic!("test hook: worker {} dies outside any handler", self.id);
             }
             self.fire_timers();
+            if self.expiries_checked != self.now {
+                self.expiries_checked = self.now;
+                self.expire_private_subscriptions();
+            }
             self.release_interest();
             let stats = self.stats();
             stats.open.store(self.upgraded as u64, Ordering::Relaxed);
