@@ -17,12 +17,15 @@ use smallvec::SmallVec;
 /// A private subscription's deadline: (expiry, connection, channel).
 type Deadline = Reverse<(u64, u32, Box<str>)>;
 
+/// One connection's private channels and their expiries (Unix seconds). A
+/// browser holds one or two, so the list is inline.
+type Leases = SmallVec<[(Box<str>, u64); 1]>;
+
 /// The private subscriptions of one worker and when they end.
 #[derive(Default)]
 pub struct Expiries {
-    /// Connection token -> (channel, expiry in Unix seconds). A browser
-    /// holds one or two private channels, so the list is inline.
-    by_conn: HashMap<u32, SmallVec<[(Box<str>, u64); 1]>>,
+    /// Connection token -> its private channels.
+    by_conn: HashMap<u32, Leases>,
     heap: BinaryHeap<Deadline>,
 }
 
