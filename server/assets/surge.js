@@ -79,7 +79,9 @@ export class Surge {
     const expiry = tokenExpiryMs(entry.token);
     if (!entry.refreshToken || expiry === null) return;
     const left = expiry - Date.now();
-    const wait = Math.max(0, Math.min(left - REFRESH_MARGIN_MS, left * 0.9));
+    // At least a second apart: a token that is already (nearly) expired
+    // must not turn into a loop of refreshes.
+    const wait = Math.max(1000, left - Math.min(REFRESH_MARGIN_MS, left * 0.1));
     entry.refreshTimer = setTimeout(() => this.refresh(channel, entry, false), wait);
   }
 
