@@ -58,8 +58,9 @@ pub struct Config {
     #[arg(long, env = "SURGE_PUBLISH_LISTEN", default_value = "127.0.0.1:8081")]
     pub publish_listen: SocketAddr,
 
-    /// Admin address (/healthz, /metrics, /stats), served by its own thread
-    /// so it answers while the data port is saturated.
+    /// Admin address (/healthz, /metrics, /stats), served off the workers
+    /// with a connection cap of its own, so it answers while the data and
+    /// publish ports are saturated.
     #[arg(long, env = "SURGE_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
 
