@@ -86,12 +86,13 @@ pub struct Config {
     /// Most connections on the public port from one source address (an
     /// IPv6 address counts by its /64, what one subscriber gets); past it
     /// new ones from there get 503 with Retry-After. 0: no cap. The default
-    /// is sized for carrier-grade NAT, where one public IPv4 address fronts
-    /// hundreds of subscribers (port blocks of 64-512 ports each are
-    /// common), every one of whom may have the booking page open during a
-    /// surge: 1024 lets such an address in, while one attacking host holds
-    /// at most 1024 sockets (about 8 MB of kernel memory), not the box.
-    #[arg(long, env = "SURGE_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
+    /// is sized for carrier-grade NAT: mobile carriers put hundreds to
+    /// thousands of subscribers behind one public IPv4 address, and in a
+    /// surge many of them have the booking page open at once. 4096 lets
+    /// such an address in, while one attacking host holds at most 4096
+    /// sockets (~30 MB of kernel memory), not the box. Load tests from a
+    /// few loopback addresses set it to 0.
+    #[arg(long, env = "SURGE_MAX_CONNECTIONS_PER_IP", default_value_t = 4096)]
     pub max_connections_per_ip: usize,
 
     /// Seconds the client is told to wait in Retry-After when we are full.
