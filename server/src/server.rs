@@ -18,6 +18,7 @@ use crate::core::worker::{Worker, WorkerContext, WAKER};
 use crate::demo::{self, DemoBackend};
 use crate::engine::log::random_u64;
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::SharedEngine;
 use crate::http::{BindError, Service};
 
@@ -89,7 +90,21 @@ impl Server {
         let history_config = config
             .history_config()
             .map_err(|e| StartError::Config(e.to_string()))?;
-        let engine: SharedEngine = Arc::new(MemoryEngine::new(history_config, broker.clone()));
+        let engine: SharedEngine = match &config.redis {
+            None => Arc::new(MemoryEngine::new(history_config, broker.clone())),
+            Some(url) => {
+                let settings = RedisSettings {
+                    url: url.clone(),
+                    pubsub_connections: config.redis_pubsub_connections,
+                    channel_ttl: config.redis_channel_ttl.duration(),
+                    timeout: config.redis_timeout.duration(),
+                };
+                let engine = RedisEngine::start(settings, history_config, broker.clone())
+                    .map_err(|e| StartError::Config(e.to_string()))?;
+                Arc::new(engine)
+            }
+        };
+        let _ = metrics.engine.set(engine.clone());
 
         let (demo_front, demo_bookings) = match config.token_secret.as_ref().filter(|_| config.demo)
         {
@@ -141,6 +156,7 @@ impl Server {
             workers = config.workers,
             max_connections,
             echo = config.echo,
+            engine = if config.redis.is_some() { "redis" } else { "memory" },
             "surge started"
         );
         Ok(Server {

@@ -30,7 +30,10 @@ fn handle(metrics: &Metrics, stopping: &AtomicBool, request: Request) {
         "/healthz" if stopping.load(Ordering::Relaxed) => {
             respond(request, 503, "text/plain", "shutting down\n".into())
         }
-        "/healthz" => respond(request, 200, "text/plain", "ok\n".into()),
+        "/healthz" => match metrics.unhealthy() {
+            Some(why) => respond(request, 503, "text/plain", format!("{why}\n")),
+            None => respond(request, 200, "text/plain", "ok\n".into()),
+        },
         "/metrics" => respond(
             request,
             200,

@@ -44,6 +44,8 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// A private channel without a valid token.
     Forbidden,
+    /// The engine could not load the channel (Redis unreachable): retry.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -53,6 +55,7 @@ impl ErrorCode {
             ErrorCode::BadChannel => "bad_channel",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -274,6 +274,11 @@ impl Worker {
                     self.passed_seq = self.passed_seq.max(seq);
                     self.on_channel_ready(&channel);
                 }
+                Command::Unavailable { channel } => {
+                    self.fan_out(&batch);
+                    batch.clear();
+                    self.on_channel_unavailable(&channel);
+                }
                 Command::Shutdown => {
                     self.fan_out(&batch);
                     batch.clear();

@@ -11,8 +11,10 @@
 //!
 //! It must not touch sockets or connections; workers do that.
 
+pub mod follow;
 pub mod log;
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -41,6 +43,8 @@ pub struct EngineStatus {
     pub reconnects: u64,
     /// Last measured round trip to the shared store, in microseconds.
     pub rtt_us: u64,
+    /// How long the last publication took from Redis to this node, in ms.
+    pub pubsub_lag_ms: u64,
     /// Channels whose publications this node follows.
     pub followed_channels: u64,
 }
