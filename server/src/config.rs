@@ -167,6 +167,15 @@ pub struct Config {
     #[arg(long, env = "SURGE_HISTORY_MAX_BYTES", default_value = "256MiB")]
     pub history_max_bytes: ByteSize,
 
+    /// Where the in-process engine keeps each channel's epoch, offsets,
+    /// history and last value across a planned restart: written when the
+    /// server stops gracefully, read when it starts, so reconnecting
+    /// browsers recover instead of resyncing. Unset: history lives and dies
+    /// with the process. With --redis, Redis keeps it instead.
+    #[arg(long, env = "SURGE_STATE_FILE")]
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+
     /// Redis for many processes and boxes (`redis://HOST:PORT/DB`): every
     /// node then agrees on each channel's epoch, offsets and history, and a
     /// publication on any node reaches subscribers on all of them. Unset:
@@ -412,6 +421,11 @@ impl Config {
             ));
         }
         self.history_config()?;
+        if self.redis.is_some() && self.state_file.is_some() {
+            return fail(
+                "--state-file keeps the in-process engine's history; with --redis, Redis keeps it: give one or the other".into(),
+            );
+        }
         if let Some(url) = &self.redis {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return fail(format!(

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::core::sys;
 use crate::core::worker::{Worker, WorkerContext, WAKER};
 use crate::demo::{self, DemoBackend};
-use crate::engine::log::random_u64;
+use crate::engine::log::{random_u64, Clock};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::SharedEngine;
@@ -91,7 +91,12 @@ impl Server {
             .history_config()
             .map_err(|e| StartError::Config(e.to_string()))?;
         let engine: SharedEngine = match &config.redis {
-            None => Arc::new(MemoryEngine::new(history_config, broker.clone())),
+            None => Arc::new(MemoryEngine::with_clock(
+                history_config,
+                broker.clone(),
+                Clock::real(),
+                config.state_file.clone(),
+            )),
             Some(url) => {
                 let settings = RedisSettings {
                     url: url.clone(),

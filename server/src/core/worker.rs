@@ -112,6 +112,7 @@ impl Worker {
             engine,
             demo,
         } = ctx;
+        let start_seq = engine.start_seq();
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let max_connections = config.effective_max_connections();
@@ -138,7 +139,7 @@ impl Worker {
             engine,
             demo,
             tokens,
-            passed_seq: 0,
+            passed_seq: start_seq,
             now: 0,
             epoch: Instant::now(),
             scratch: vec![0; SCRATCH_LEN],

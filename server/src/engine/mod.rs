@@ -15,6 +15,7 @@ pub mod follow;
 pub mod log;
 pub mod memory;
 pub mod redis;
+pub mod state;
 
 use std::sync::Arc;
 
@@ -73,12 +74,20 @@ pub trait Engine: Send + Sync {
     /// subscriber of `channel`.
     fn interest(&self, _worker: usize, _channel: &str, _on: bool) {}
 
+    /// The sequence number workers start from: publications numbered before
+    /// they started (restored from a state file) never come through their
+    /// queues, so a recovery replays them.
+    fn start_seq(&self) -> u64 {
+        0
+    }
+
     /// Bytes of history held in this process.
     fn bytes(&self) -> usize;
 
     fn status(&self) -> EngineStatus;
 
-    /// Stops background work (connections to a shared store).
+    /// Stops taking publications and background work (connections to a
+    /// shared store), and saves what must outlive the process.
     fn shutdown(&self) {}
 }
 
