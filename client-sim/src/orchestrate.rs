@@ -23,6 +23,9 @@ const FD_RESERVE: u64 = 256;
 /// clients reconnect: often enough that a full-jitter storm (a 250 ms first
 /// window) misses several rounds, rarely enough to stay a small load.
 const STORM_PUBLISH_EVERY: Duration = Duration::from_millis(20);
+/// How long a worker process may take to answer a progress question
+/// before it is taken for stuck; it answers from memory in milliseconds.
+const REPORT_REPLY: Duration = Duration::from_secs(10);
 
 /// Options every scenario shares.
 #[derive(Clone, Debug, clap::Args, serde::Serialize)]
@@ -477,6 +480,10 @@ fn wait_for(
 ) -> Result<(), String> {
     loop {
         send(workers, &Command::Report);
+        // A report comes back in milliseconds; its own bound starts now, so
+        // a run that reaches `until` mid-question ends with its report (and
+        // the shortfall in it) rather than "could not run".
+        let reply_by = Instant::now() + REPORT_REPLY;
         let mut deliveries = 0;
         let mut once = 0;
         for _ in 0..workers.len() {
@@ -488,7 +495,7 @@ fn wait_for(
                         confirm_once: c,
                         ..
                     },
-                ) = recv_until(rx, until)?
+                ) = recv_until(rx, reply_by)?
                 {
                     deliveries += d;
                     once += c;
