@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use clap::Parser;
+
+mod engines;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -29,6 +31,9 @@ struct Cli {
 enum Cmd {
     /// Every macro benchmark, Surge and the baseline side by side.
     All(Opts),
+    /// A publication through the Redis engine against the in-process one:
+    /// server CPU per delivery and publish-to-last-delivery time, same N.
+    Engines(engines::EngineOpts),
 }
 
 #[derive(clap::Args, Clone)]
@@ -77,15 +82,17 @@ impl Drop for Server {
 }
 
 fn start(kind: &str) -> Result<Server, String> {
+    start_with(kind, &[])
+}
+
+/// Starts `kind` ("surge" or the baseline) with `extra` arguments for Surge.
+fn start_with(kind: &str, extra: &[&str]) -> Result<Server, String> {
     let mut cmd = match kind {
         "surge" => {
             let mut c = Command::new(bin("surge"));
-            c.args(surge::config::EPHEMERAL_LOOPBACK).args([
-                "--log",
-                "warn",
-                "--max-connections",
-                "19500",
-            ]);
+            c.args(surge::config::EPHEMERAL_LOOPBACK)
+                .args(["--log", "warn", "--max-connections", "19500"])
+                .args(extra);
             c
         }
         _ => {
@@ -255,28 +262,35 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// Builds the release binaries the macro benchmarks run.
+fn build() -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = Command::new(cargo)
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "server",
+            "-p",
+            "client-sim",
+            "-p",
+            "benches",
+            "--bins",
+        ])
+        .status()
+        .map_err(|e| e.to_string())?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err("build failed".into())
+    }
+}
+
 fn all(o: &Opts) -> Result<(), String> {
     if !o.skip_build {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .current_dir(root())
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "server",
-                "-p",
-                "client-sim",
-                "-p",
-                "benches",
-                "--bins",
-            ])
-            .status()
-            .map_err(|e| e.to_string())?
-            .success();
-        if !ok {
-            return Err("build failed".into());
-        }
+        build()?;
     }
     eprintln!("benches: measuring surge ...");
     let surge = measure("surge", o)?;
@@ -404,13 +418,15 @@ fn all(o: &Opts) -> Result<(), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    match Cli::parse().cmd {
-        Cmd::All(o) => match all(&o) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("benches: {e}");
-                std::process::ExitCode::from(2)
-            }
-        },
+    let result = match Cli::parse().cmd {
+        Cmd::All(o) => all(&o),
+        Cmd::Engines(o) => engines::run(&o),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("benches: {e}");
+            std::process::ExitCode::from(2)
+        }
     }
 }

@@ -44,7 +44,7 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
-    /// After the hold, drop a share of connections at once and reconnect them with a policy.
+    /// Publish to every clinic, hold, drop a share of connections at once and reconnect them with a policy while publishing goes on; each must recover what it missed.
     Storm {
         #[command(flatten)]
         common: Common,
@@ -130,14 +130,67 @@ fn scenario(common: &Common, scenario: Scenario) -> ExitCode {
             }
         }
     }
-    let lost =
-        report.gaps > 0 || report.duplicates > 0 || report.deliveries < report.deliveries_expected;
-    let storm_ok = report.storm.as_ref().is_none_or(|s| s.gave_up == 0);
-    if report.connected < report.target_connections || lost || !storm_ok {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
+    let shortfalls = shortfalls(&report);
+    for s in &shortfalls {
+        eprintln!("client-sim: FAILED: {s}");
     }
+    if shortfalls.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Every way the run fell short of its checks; empty when it met them all.
+/// This is what the exit status says, so CI and scripts can trust a 0.
+fn shortfalls(r: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    if r.connected < r.target_connections {
+        out.push(format!(
+            "connected {} of {}",
+            r.connected, r.target_connections
+        ));
+    }
+    let failed: u64 = r.failed.values().sum();
+    if failed > 0 {
+        out.push(format!("{failed} connection(s) failed: {:?}", r.failed));
+    }
+    if r.gaps > 0 {
+        out.push(format!("{} publication(s) lost in gaps", r.gaps));
+    }
+    if r.duplicates > 0 {
+        out.push(format!("{} duplicate deliveries", r.duplicates));
+    }
+    if r.deliveries != r.deliveries_expected {
+        out.push(format!(
+            "{} deliveries, {} expected",
+            r.deliveries, r.deliveries_expected
+        ));
+    }
+    if r.errors > 0 {
+        out.push(format!(
+            "{} error answer(s) or unreadable message(s)",
+            r.errors
+        ));
+    }
+    if r.scenario == "confirm" && (r.confirm.missing > 0 || r.confirm.duplicate > 0) {
+        out.push(format!(
+            "confirmations: {} missing, {} duplicated",
+            r.confirm.missing, r.confirm.duplicate
+        ));
+    }
+    if let Some(s) = &r.storm {
+        if s.gave_up > 0 {
+            out.push(format!("{} client(s) gave up reconnecting", s.gave_up));
+        }
+        if s.not_recovered > 0 {
+            out.push(format!(
+                "{} resubscription(s) not recovered",
+                s.not_recovered
+            ));
+        }
+    }
+    out
 }
 
 fn worker(spec: &str) -> ExitCode {
@@ -176,6 +229,47 @@ fn worker(spec: &str) -> ExitCode {
         Err(e) => {
             eprintln!("client-sim worker: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean() -> Report {
+        Report {
+            scenario: "fanout".into(),
+            target_connections: 10,
+            connected: 10,
+            deliveries: 50,
+            deliveries_expected: 50,
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_run_has_no_shortfall_and_each_fault_is_one() {
+        assert_eq!(shortfalls(&clean()), Vec::<String>::new());
+        type Fault = fn(&mut Report);
+        let faults: [(&str, Fault); 6] = [
+            ("failed", |r| {
+                r.failed.insert("handshake timeout".into(), 1);
+            }),
+            ("gaps", |r| r.gaps = 1),
+            ("duplicate", |r| r.duplicates = 1),
+            ("deliveries", |r| r.deliveries = 49),
+            ("connected", |r| r.connected = 9),
+            ("error", |r| r.errors = 1),
+        ];
+        for (says, fault) in faults {
+            let mut r = clean();
+            fault(&mut r);
+            let found = shortfalls(&r);
+            assert!(
+                found.len() == 1 && found[0].contains(says),
+                "{says}: {found:?}"
+            );
         }
     }
 }

@@ -19,6 +19,13 @@ use crate::{srcips, sys};
 
 /// Descriptors a worker process keeps for itself (stdio, epoll, waker...).
 const FD_RESERVE: u64 = 256;
+/// How often the storm scenario publishes to every clinic while dropped
+/// clients reconnect: often enough that a full-jitter storm (a 250 ms first
+/// window) misses several rounds, rarely enough to stay a small load.
+const STORM_PUBLISH_EVERY: Duration = Duration::from_millis(20);
+/// How long a worker process may take to answer a progress question
+/// before it is taken for stuck; it answers from memory in milliseconds.
+const REPORT_REPLY: Duration = Duration::from_secs(10);
 
 /// Options every scenario shares.
 #[derive(Clone, Debug, clap::Args, serde::Serialize)]
@@ -360,6 +367,31 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
             })?;
         }
         Scenario::Storm { fraction, policy } => {
+            // One publication to every clinic before the storm, rounds of
+            // them while the dropped clients are away (they must recover
+            // what they missed), and one after: every client is owed every
+            // publication of its clinic, exactly once.
+            let clinics = common.clinics.max(1);
+            let round = |publications: &mut u64, expected: &mut u64| {
+                let body: Vec<String> = (0..clinics)
+                    .map(|c| {
+                        format!(
+                            r#"{{"ch":"clinic:{c}","data":{{"id":{}}}}}"#,
+                            *publications + u64::from(c)
+                        )
+                    })
+                    .collect();
+                publish(common, &body, true)?;
+                *publications += u64::from(clinics);
+                *expected += clinic_subs.values().sum::<u64>();
+                Ok::<(), String>(())
+            };
+            round(&mut publications, &mut expected)?;
+            // Everyone has it (and so its channel's epoch) before the drop:
+            // a client cut off earlier has no position to recover from.
+            wait_for(&mut workers, &rx, deadline(common.timeout), |d, _| {
+                d >= expected
+            })?;
             std::thread::sleep(Duration::from_secs(common.hold));
             send(
                 &mut workers,
@@ -371,10 +403,22 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
             let mut stormed = 0;
             let limit = deadline(common.timeout);
             while stormed < procs {
-                if let (_, Event::Stormed) = recv_until(&rx, limit)? {
-                    stormed += 1;
+                round(&mut publications, &mut expected)?;
+                match rx.recv_timeout(STORM_PUBLISH_EVERY) {
+                    Ok((_, Event::Stormed)) => stormed += 1,
+                    Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err("a worker process exited early".into())
+                    }
+                }
+                if Instant::now() >= limit {
+                    return Err("timed out waiting for the storm to reconnect".into());
                 }
             }
+            round(&mut publications, &mut expected)?;
+            wait_for(&mut workers, &rx, deadline(common.timeout), |d, _| {
+                d >= expected
+            })?;
         }
     }
     let end = server_sample(common);
@@ -436,6 +480,10 @@ fn wait_for(
 ) -> Result<(), String> {
     loop {
         send(workers, &Command::Report);
+        // A report comes back in milliseconds; its own bound starts now, so
+        // a run that reaches `until` mid-question ends with its report (and
+        // the shortfall in it) rather than "could not run".
+        let reply_by = Instant::now() + REPORT_REPLY;
         let mut deliveries = 0;
         let mut once = 0;
         for _ in 0..workers.len() {
@@ -447,7 +495,7 @@ fn wait_for(
                         confirm_once: c,
                         ..
                     },
-                ) = recv_until(rx, until)?
+                ) = recv_until(rx, reply_by)?
                 {
                     deliveries += d;
                     once += c;

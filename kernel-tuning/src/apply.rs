@@ -1,7 +1,8 @@
 //! `apply` and `rollback`. Apply reads every key first, writes the rollback
 //! file (the exact text of each previous value) before touching anything,
 //! then writes only keys that fall short, and verifies each by reading it
-//! back. Rollback writes the saved text back byte for byte.
+//! back. Rollback writes the saved text back byte for byte (leaving alone
+//! a key that already holds it) and reads it back too.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -177,7 +178,21 @@ pub fn rollback(file: &Path) -> Result<Vec<Outcome>, Error> {
             key: name.clone(),
         })?;
         let path = proc.sysctl_path(key);
-        let result = std::fs::write(&path, old).and_then(|_| std::fs::read_to_string(&path));
+        // A key apply never changed (refused, or already enough) is left
+        // alone: writing it again could only fail, on a read-only sysctl.
+        if std::fs::read_to_string(&path).is_ok_and(|now| now == *old) {
+            outcomes.push(Outcome {
+                key: name.clone(),
+                before: String::new(),
+                after: old.trim().into(),
+                result: Change::Unchanged,
+                reason: "already the saved value".into(),
+            });
+            continue;
+        }
+        let result = proc
+            .write(key, old)
+            .and_then(|_| std::fs::read_to_string(&path));
         let (result, reason) = match result {
             // Real sysctls normalise whitespace; compare numbers there, bytes elsewhere.
             Ok(now)

@@ -31,6 +31,26 @@ pub fn format_numbers(values: &[u64]) -> String {
         .join("\t")
 }
 
+/// Fake trees only (tests): a file named like a key's file plus this suffix
+/// (`sys/net/core/somaxconn.clamp`) holds a number, and every number written
+/// to that key is kept at most that large, as the kernel does when it clamps
+/// a sysctl to its range. It is how the tests reach the "the kernel kept
+/// another value" answers of apply and rollback without root or a real
+/// kernel change; the real /proc is never searched for it.
+pub const CLAMP_SUFFIX: &str = ".clamp";
+
+/// `text`'s numbers, each at most `max`, the way the kernel prints them;
+/// text that is not numbers is kept as it is.
+fn clamp_numbers(text: &str, max: u64) -> String {
+    match parse_numbers(text) {
+        Some(values) => {
+            let kept: Vec<u64> = values.into_iter().map(|v| v.min(max)).collect();
+            format!("{}\n", format_numbers(&kept))
+        }
+        None => text.to_string(),
+    }
+}
+
 pub struct ProcRoot {
     pub root: PathBuf,
 }
@@ -63,9 +83,37 @@ impl ProcRoot {
         Ok(Some(Live { text, values }))
     }
 
-    /// Writes `text` to `key`'s file.
+    /// Writes `text` to `key`'s file. The kernel may keep another value than
+    /// the one written (it clamps some sysctls to a range), which is why
+    /// every caller reads the key back; in a fake tree, [`CLAMP_SUFFIX`]
+    /// stands in for that clamping.
     pub fn write(&self, key: &Key, text: &str) -> std::io::Result<()> {
-        std::fs::write(self.sysctl_path(key), text)
+        let path = self.sysctl_path(key);
+        let text = match self.fake_clamp(&path)? {
+            Some(max) => clamp_numbers(text, max),
+            None => text.to_string(),
+        };
+        std::fs::write(path, text)
+    }
+
+    /// The ceiling a fake tree's `KEY.clamp` file sets for `path`; never
+    /// looked for under the real /proc, where the kernel clamps by itself.
+    fn fake_clamp(&self, path: &Path) -> std::io::Result<Option<u64>> {
+        if self.is_real() {
+            return Ok(None);
+        }
+        let mut clamp = path.as_os_str().to_owned();
+        clamp.push(CLAMP_SUFFIX);
+        match std::fs::read_to_string(&clamp) {
+            Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: not a number: {text:?}", Path::new(&clamp).display()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn read_file(&self, rel: &str) -> Result<String, Error> {

@@ -1,7 +1,11 @@
 //! `kernel-tuning` against fake /proc trees (`--proc-root`): verdicts and
 //! exit codes, apply with read-back, byte-for-byte rollback, nothing
-//! half-applied on bad input. One test touches the real /proc/sys when run
-//! as root, with a harmless key it puts back.
+//! half-applied on bad input, a read-only key (linked to a sysctl the
+//! kernel refuses to anyone) and a clamping one (`KEY.clamp`, see
+//! `procfs::CLAMP_SUFFIX`) that reach the read-back checks. Apply and
+//! rollback also run as uid 65534 when the test runs as root. One test
+//! touches the real /proc/sys when run as root, with a harmless key it puts
+//! back.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -232,15 +236,80 @@ fn bad_profiles_are_refused_before_anything_is_written() {
     }
 }
 
-#[test]
-fn apply_writes_verifies_skips_read_only_and_rollback_restores_byte_for_byte() {
-    let tree = good_tree(1_000_000);
+/// A sysctl the real kernel refuses to let anyone write, root included
+/// (procfs checks a sysctl's mode bits even for root). A fake key linked to
+/// it is read-only by construction, for whichever user runs the test.
+const KERNEL_READ_ONLY: &str = "/proc/sys/kernel/cap_last_cap";
+
+/// Makes `rel` in the fake tree a read-only key: a link to
+/// [`KERNEL_READ_ONLY`] (whose value, 40 or so, falls short of a
+/// tcp_fin_timeout of 15).
+fn read_only_key(root: &Path, rel: &str) {
+    let target = Path::new(KERNEL_READ_ONLY);
+    assert!(
+        std::fs::read_to_string(target).is_ok(),
+        "{KERNEL_READ_ONLY} is on every Linux since 3.2"
+    );
+    let path = root.join(rel);
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(target, &path).unwrap();
+}
+
+/// Who runs the binary: this test's own user, or another uid through
+/// `setpriv` (with a copy of the binary that uid can execute).
+enum User {
+    Same,
+    Other {
+        uid: u32,
+        setpriv: PathBuf,
+        bin: PathBuf,
+    },
+}
+
+impl User {
+    fn run(&self, root: &Path, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = match self {
+            User::Same => Command::new(BIN),
+            User::Other { uid, setpriv, bin } => {
+                let mut c = Command::new(setpriv);
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .args(["--clear-groups", "--"])
+                    .arg(bin);
+                c
+            }
+        };
+        let out = cmd
+            .arg("--proc-root")
+            .arg(root)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+fn outcome<'a>(outcomes: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    outcomes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["key"] == key)
+        .unwrap_or_else(|| panic!("no outcome for {key}: {outcomes}"))
+}
+
+/// Apply writes and verifies, refuses a read-only key, never lowers a
+/// higher value; rollback restores byte for byte and leaves the read-only
+/// key alone. Run as this test's user and, from root, as `nobody`.
+fn apply_and_rollback(user: &User, tree: &tempfile::TempDir) {
     let root = tree.path();
     write(root, "sys/net/core/somaxconn", "128\n");
     write(root, "sys/net/ipv4/tcp_mem", "1000\t2000   3000\n");
-    write(root, "sys/net/ipv4/tcp_fin_timeout", "60\n");
-    let ro = root.join("sys/net/ipv4/tcp_fin_timeout");
-    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o444)).unwrap();
+    read_only_key(root, "sys/net/ipv4/tcp_fin_timeout");
     let originals: Vec<(String, String)> = [
         "sys/net/core/somaxconn",
         "sys/net/ipv4/tcp_mem",
@@ -253,9 +322,12 @@ fn apply_writes_verifies_skips_read_only_and_rollback_restores_byte_for_byte() {
     let rb = root.join("state/rb.json");
     let sysctl_dir = root.join("sysctl.d");
     std::fs::create_dir_all(&sysctl_dir).unwrap();
+    if let User::Other { uid, .. } = user {
+        give_tree_to(root, *uid);
+    }
 
     // Dry run: says what would change, writes nothing.
-    let (code, out, _) = run(
+    let (code, out, _) = user.run(
         root,
         &[
             "apply",
@@ -271,7 +343,7 @@ fn apply_writes_verifies_skips_read_only_and_rollback_restores_byte_for_byte() {
     assert_eq!(read(root, "sys/net/core/somaxconn"), "128\n");
     assert!(!rb.exists());
 
-    let (code, out, _) = run(
+    let (code, out, err) = user.run(
         root,
         &[
             "apply",
@@ -285,22 +357,23 @@ fn apply_writes_verifies_skips_read_only_and_rollback_restores_byte_for_byte() {
             rb.to_str().unwrap(),
         ],
     );
-    assert_eq!(code, 1, "one key was refused: {out}");
+    assert_eq!(code, 1, "one key was refused: {out}{err}");
     let outcomes: serde_json::Value = serde_json::from_str(&out).unwrap();
     let result = |key: &str| {
-        outcomes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["key"] == key)
-            .unwrap()["result"]
+        outcome(&outcomes, key)["result"]
             .as_str()
             .unwrap()
             .to_string()
     };
     assert_eq!(result("net.core.somaxconn"), "applied");
     assert_eq!(result("net.ipv4.tcp_mem"), "applied");
-    assert_eq!(result("net.ipv4.tcp_fin_timeout"), "refused");
+    assert_eq!(
+        (
+            result("net.ipv4.tcp_fin_timeout"),
+            outcome(&outcomes, "net.ipv4.tcp_fin_timeout")["reason"].as_str()
+        ),
+        ("refused".to_string(), Some("read-only"))
+    );
     assert_eq!(
         result("fs.file-max"),
         "unchanged",
@@ -313,15 +386,171 @@ fn apply_writes_verifies_skips_read_only_and_rollback_restores_byte_for_byte() {
     );
     assert!(sysctl_dir.join("60-surge-kernel-tuning.conf").exists());
 
-    let (code, out, _) = run(root, &["rollback", rb.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}");
+    let (code, out, err) = user.run(root, &["rollback", rb.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
     for (key, original) in originals {
         assert_eq!(read(root, &key), original, "{key} restored byte for byte");
     }
     assert!(
+        out.lines()
+            .any(|l| l.starts_with("net.ipv4.tcp_fin_timeout") && l.contains("unchanged")),
+        "the read-only key is left alone: {out}"
+    );
+    assert!(
         !sysctl_dir.join("60-surge-kernel-tuning.conf").exists(),
         "persisted drop-in removed"
     );
+}
+
+/// Hands every file of the tree (not what its links point to) to `uid`.
+fn give_tree_to(root: &Path, uid: u32) {
+    fn walk(path: &Path, uid: u32) {
+        std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+        if std::fs::symlink_metadata(path).unwrap().is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                walk(&entry.unwrap().path(), uid);
+            }
+        }
+    }
+    walk(root, uid);
+}
+
+#[test]
+fn apply_writes_verifies_skips_read_only_and_rollback_restores_byte_for_byte() {
+    apply_and_rollback(&User::Same, &good_tree(1_000_000));
+}
+
+/// The unprivileged user the non-root run switches to.
+const NOBODY: u32 = 65534;
+
+#[test]
+fn apply_and_rollback_hold_for_a_user_who_is_not_root() {
+    // SAFETY: geteuid has no side effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "skipped: this run is not root, so the test above already ran as a non-root user"
+        );
+        return;
+    }
+    let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    else {
+        eprintln!("skipped: no setpriv (util-linux) to run as uid {NOBODY}");
+        return;
+    };
+    let tree = good_tree(1_000_000);
+    // A copy of the binary in the tree, so uid 65534 can execute it
+    // whatever the permissions of the target directory.
+    let bin = tree.path().join("bin/kernel-tuning");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let probe = Command::new(&setpriv)
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .args(["--clear-groups", "--"])
+        .arg(&bin)
+        .arg("--help")
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        other => {
+            eprintln!(
+                "skipped: this machine does not let root run a program as uid {NOBODY}: {other:?}"
+            );
+            return;
+        }
+    }
+    let user = User::Other {
+        uid: NOBODY,
+        setpriv,
+        bin,
+    };
+    apply_and_rollback(&user, &tree);
+}
+
+#[test]
+fn apply_refuses_a_value_the_kernel_clamped_and_says_what_it_kept() {
+    let tree = good_tree(1_000_000);
+    let root = tree.path();
+    write(root, "sys/net/ipv4/tcp_max_syn_backlog", "128\n");
+    // This "kernel" keeps at most 4096, as a real one clamps to a range.
+    write(root, "sys/net/ipv4/tcp_max_syn_backlog.clamp", "4096\n");
+    let prof = profile(root, "net.ipv4.tcp_max_syn_backlog = 65535\n");
+    let rb = root.join("rb.json");
+    let (code, out, err) = run(
+        root,
+        &[
+            "apply",
+            "--json",
+            "--profile",
+            prof.to_str().unwrap(),
+            "--rollback-file",
+            rb.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    let outcomes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let o = outcome(&outcomes, "net.ipv4.tcp_max_syn_backlog");
+    assert_eq!(
+        (
+            o["result"].as_str(),
+            o["reason"].as_str(),
+            o["after"].as_str()
+        ),
+        (
+            Some("refused"),
+            Some("the kernel kept another value"),
+            Some("4096")
+        ),
+        "{o}"
+    );
+    assert_eq!(read(root, "sys/net/ipv4/tcp_max_syn_backlog"), "4096\n");
+}
+
+#[test]
+fn rollback_reports_a_saved_value_the_kernel_did_not_keep() {
+    let tree = good_tree(1_000_000);
+    let root = tree.path();
+    write(root, "sys/net/core/somaxconn", "128\n");
+    write(root, "sys/net/ipv4/tcp_mem", "1000\t2000\t3000\n");
+    let prof = profile(
+        root,
+        "net.core.somaxconn = 16384\nnet.ipv4.tcp_mem = 100000 200000 300000\n",
+    );
+    let rb = root.join("rb.json");
+    let (code, out, err) = run(
+        root,
+        &[
+            "apply",
+            "--profile",
+            prof.to_str().unwrap(),
+            "--rollback-file",
+            rb.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // Since the apply, the kernel keeps at most 1500 for tcp_mem: the
+    // saved 3000 cannot come back.
+    write(root, "sys/net/ipv4/tcp_mem.clamp", "1500\n");
+    let (code, out, _) = run(root, &["rollback", "--json", rb.to_str().unwrap()]);
+    assert_eq!(code, 1, "a key was not restored: {out}");
+    let outcomes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mem = outcome(&outcomes, "net.ipv4.tcp_mem");
+    assert_eq!(mem["result"], "refused", "{mem}");
+    assert!(
+        mem["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("reads back as") && r.contains("1500")),
+        "{mem}"
+    );
+    assert_eq!(
+        outcome(&outcomes, "net.core.somaxconn")["result"],
+        "restored"
+    );
+    assert_eq!(read(root, "sys/net/core/somaxconn"), "128\n");
 }
 
 #[test]

@@ -191,6 +191,17 @@ export class Surge {
         return;
       }
       console.warn("surge:", msg.ch, msg.code, msg.message);
+      // The server could not load the channel's history just now (its
+      // Redis is unreachable): nothing was subscribed, so ask again after
+      // a short, jittered delay, from where we were.
+      const waiting = msg.code === "unavailable" && this.channels.get(msg.ch);
+      if (waiting) {
+        const delay = 500 + Math.random() * 2000;
+        setTimeout(() => {
+          const entry = this.channels.get(msg.ch);
+          if (entry) this.sendSub(msg.ch, entry);
+        }, delay);
+      }
       return;
     }
     if (msg.op) return; // subscribed / unsubscribed / refreshed

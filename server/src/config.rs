@@ -195,6 +195,45 @@ pub struct Config {
     #[arg(long, env = "SURGE_HISTORY_MAX_BYTES", default_value = "256MiB")]
     pub history_max_bytes: ByteSize,
 
+    /// Where the in-process engine keeps each channel's epoch, offsets,
+    /// history and last value across a planned restart: written when the
+    /// server stops gracefully, read when it starts, so reconnecting
+    /// browsers recover instead of resyncing. Unset: history lives and dies
+    /// with the process. With --redis, Redis keeps it instead.
+    #[arg(long, env = "SURGE_STATE_FILE")]
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+
+    /// Redis for many processes and boxes (`redis://HOST:PORT/DB`): every
+    /// node then agrees on each channel's epoch, offsets and history, and a
+    /// publication on any node reaches subscribers on all of them. Unset:
+    /// the in-process engine, with no external service.
+    #[arg(long, env = "SURGE_REDIS", hide_env_values = true)]
+    #[serde(default)]
+    pub redis: Option<String>,
+
+    /// Redis pub/sub connections per process. Channels are spread over them
+    /// by name, so one busy channel (a clinic every browser watches) does
+    /// not hold up the private channels behind it; four keep the ramp of
+    /// subscriptions from queueing behind one connection without costing
+    /// Redis many clients per node.
+    #[arg(long, env = "SURGE_REDIS_PUBSUB_CONNECTIONS", default_value_t = 4)]
+    pub redis_pubsub_connections: usize,
+
+    /// How long Redis keeps a channel nobody publishes to (its history,
+    /// last value and epoch). Bounds Redis memory by the channels in use;
+    /// a day outlives any booking surge, and a channel forgotten after it
+    /// starts a new epoch, so no browser mistakes old offsets for new.
+    #[arg(long, env = "SURGE_REDIS_CHANNEL_TTL", default_value = "24h")]
+    pub redis_channel_ttl: Seconds,
+
+    /// How long a publish or a channel load waits for Redis before the
+    /// publish is refused with 503 (the backend retries) or the browser is
+    /// told to retry: long enough for a busy Redis, short enough that
+    /// nothing hangs while it is down.
+    #[arg(long, env = "SURGE_REDIS_TIMEOUT", default_value = "2s")]
+    pub redis_timeout: Seconds,
+
     /// Channels under this prefix are private: subscribing needs a token
     /// signed with --token-secret. Booking confirmations go there.
     #[arg(long, env = "SURGE_PRIVATE_PREFIX", default_value = "user/")]
@@ -433,6 +472,33 @@ impl Config {
             ));
         }
         self.history_config()?;
+        if self.redis.is_some() && self.state_file.is_some() {
+            return fail(
+                "--state-file keeps the in-process engine's history; with --redis, Redis keeps it: give one or the other".into(),
+            );
+        }
+        if let Some(url) = &self.redis {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return fail(format!(
+                    "--redis '{url}' must be a redis://HOST:PORT/DB address"
+                ));
+            }
+            if self.redis_pubsub_connections == 0 || self.redis_pubsub_connections > 64 {
+                return fail(format!(
+                    "--redis-pubsub-connections must be 1..=64, got {}",
+                    self.redis_pubsub_connections
+                ));
+            }
+            if self.redis_channel_ttl.0 < self.history_ttl.0 {
+                return fail(format!(
+                    "--redis-channel-ttl ({}s) is shorter than --history-ttl ({}s): history would vanish before its age",
+                    self.redis_channel_ttl.0, self.history_ttl.0
+                ));
+            }
+            if self.redis_timeout.0 == 0 {
+                return fail("--redis-timeout must be at least 1s".into());
+            }
+        }
         for origin in &self.allowed_origins {
             let any = origin == "*";
             if !(any || origin.starts_with("http://") || origin.starts_with("https://")) {

@@ -16,8 +16,9 @@ use crate::config::Config;
 use crate::core::sys;
 use crate::core::worker::{Worker, WorkerContext, WAKER};
 use crate::demo::{self, DemoBackend};
-use crate::engine::log::random_u64;
+use crate::engine::log::{random_u64, Clock};
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::SharedEngine;
 use crate::http::{BindError, Runtime, Service};
 
@@ -90,7 +91,26 @@ impl Server {
         let history_config = config
             .history_config()
             .map_err(|e| StartError::Config(e.to_string()))?;
-        let engine: SharedEngine = Arc::new(MemoryEngine::new(history_config, broker.clone()));
+        let engine: SharedEngine = match &config.redis {
+            None => Arc::new(MemoryEngine::with_clock(
+                history_config,
+                broker.clone(),
+                Clock::real(),
+                config.state_file.clone(),
+            )),
+            Some(url) => {
+                let settings = RedisSettings {
+                    url: url.clone(),
+                    pubsub_connections: config.redis_pubsub_connections,
+                    channel_ttl: config.redis_channel_ttl.duration(),
+                    timeout: config.redis_timeout.duration(),
+                };
+                let engine = RedisEngine::start(settings, history_config, broker.clone())
+                    .map_err(|e| StartError::Config(e.to_string()))?;
+                Arc::new(engine)
+            }
+        };
+        let _ = metrics.engine.set(engine.clone());
 
         let (demo_front, demo_bookings) = match config.token_secret.as_ref().filter(|_| config.demo)
         {
@@ -153,6 +173,7 @@ impl Server {
             workers = config.workers,
             max_connections,
             echo = config.echo,
+            engine = if config.redis.is_some() { "redis" } else { "memory" },
             "surge started"
         );
         Ok(Server {

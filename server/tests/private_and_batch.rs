@@ -27,7 +27,9 @@ async fn sub_with(ws: &mut Ws, channel: &str, token: Option<&str>) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_channels_need_a_valid_token_for_that_channel() {
-    let server = start(&["--token-secret", SECRET]);
+    // One worker: the witness below and `ws` share it, so when the witness
+    // has its publication the fan-out to `ws` has happened too.
+    let server = start(&["--token-secret", SECRET, "--workers", "1"]);
     let mut ws = connect(&server, "").await;
     let later = unix_now() + 3600;
     let forged = TokenKey::new(b"not-the-backend-secret!!")
@@ -63,9 +65,30 @@ async fn private_channels_need_a_valid_token_for_that_channel() {
             "{what}"
         );
     }
-    // Refused subscriptions receive nothing; the valid one gets the confirmation.
+    // Refused subscriptions receive nothing: a publication on the channel,
+    // seen by a witness holding a valid subscription, never reaches `ws`,
+    // whose next frame is the answer to its next command.
+    let mut witness = connect(&server, "").await;
+    let reply = sub_with(&mut witness, "user/8812", Some(&token("user/8812", later))).await;
+    assert_eq!(reply["op"], "subscribed", "{reply}");
+    publish_async(&server, "user/8812", r#"{"booking":"B-0"}"#).await;
+    assert_eq!(next_json(&mut witness).await["data"]["booking"], "B-0");
+    send_text(&mut ws, r#"{"op":"sub","ch":"clinic:1"}"#).await;
+    let next = next_json(&mut ws).await;
+    assert_eq!(
+        (next["op"].as_str(), next["ch"].as_str()),
+        (Some("subscribed"), Some("clinic:1")),
+        "a refused subscription received: {next}"
+    );
+    // The valid one gets the confirmation.
     let ok = sub_with(&mut ws, "user/8812", Some(&token("user/8812", later))).await;
     assert_eq!(ok["op"], "subscribed", "{ok}");
+    let snap = next_json(&mut ws).await;
+    assert_eq!(
+        (snap["snap"].as_bool(), snap["data"]["booking"].as_str()),
+        (Some(true), Some("B-0")),
+        "the last value, as a snapshot, once subscribed: {snap}"
+    );
     publish_async(&server, "user/8812", r#"{"booking":"B-1","slot":"09:15"}"#).await;
     let v = next_json(&mut ws).await;
     assert_eq!(
@@ -91,6 +114,29 @@ async fn private_channel_at_connect_needs_the_token_in_the_query() {
         b"GET /ws?ch=user/5 HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     );
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let later = unix_now() + 3600;
+    let forged = TokenKey::new(b"not-the-backend-secret!!")
+        .unwrap()
+        .mint("user/5", later);
+    for (what, tok, reason) in [
+        ("forged", forged, "bad_signature"),
+        ("expired", token("user/5", unix_now() - 10), "expired"),
+        ("another user's", token("user/6", later), "wrong_channel"),
+    ] {
+        let request = format!(
+            "GET /ws?ch=user/5&token={tok} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        let refused = raw_http(server.public_addr, request.as_bytes());
+        assert!(refused.starts_with("HTTP/1.1 403"), "{what}: {refused}");
+        assert_eq!(
+            metric(
+                &server,
+                &format!("surge_token_refusals_total{{reason=\"{reason}\"}}")
+            ),
+            1,
+            "{what}"
+        );
+    }
     let t = token("user/5", unix_now() + 60);
     let mut ws = connect(&server, &format!("?ch=user/5&token={t}")).await;
     assert_eq!(next_json(&mut ws).await["op"], "subscribed");
@@ -146,6 +192,24 @@ fn publish_api_key_is_required_when_configured() {
     assert_eq!(status, 401);
     let (status, _, _) = post_with_key(&server, "/api/publish", body, Some(KEY));
     assert_eq!(status, 200);
+    let (status, text, _) = post_with_key(
+        &server,
+        "/api/batch",
+        r#"[{"ch":"a","data":2},{"ch":"b","data":3}]"#,
+        Some(KEY),
+    );
+    assert_eq!(status, 200, "a batch with the key is accepted: {text}");
+    // Published: "a" moves on from the single publish's offset 1.
+    let answer: Value = serde_json::from_str(&text).expect("JSON answer");
+    assert_eq!(
+        (
+            answer["results"][0]["off"].as_u64(),
+            answer["results"][1]["off"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "{answer}"
+    );
+    assert_eq!(metric(&server, "surge_publications_total"), 3);
     server.shutdown();
 }
 
@@ -318,5 +382,54 @@ async fn a_slow_reader_closed_as_too_slow_recovers_everything_after_reconnect() 
             "recovered in order"
         );
     }
+    server.shutdown();
+}
+
+/// The golden token of docs/protocol.md, read from the doc itself: the
+/// string a backend in another language is told to reproduce.
+fn golden_token_from_the_doc() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+        .expect("docs/protocol.md");
+    let after = doc
+        .split_once("<!-- golden-token -->")
+        .expect("the golden token marker in docs/protocol.md")
+        .1;
+    let mut lines = after.lines().map(str::trim).filter(|l| !l.is_empty());
+    assert_eq!(lines.next(), Some("```"), "a code block follows the marker");
+    lines.next().expect("the golden token line").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_token_from_the_protocol_doc_is_accepted_by_the_server() {
+    // The inputs docs/protocol.md gives; the expected string was computed
+    // with Python's hmac and checked with openssl, not with Surge's code.
+    const GOLDEN_SECRET: &str = "golden-vector-secret-for-surge-tokens";
+    const GOLDEN: &str = "dXNlci84ODEy.4102444800.FAQn7YrGqOUZHY1ILHDsGuK-F3CtfKl5WQ7b5t-bHr0";
+    assert_eq!(golden_token_from_the_doc(), GOLDEN, "docs/protocol.md");
+    let server = start(&["--token-secret", GOLDEN_SECRET]);
+
+    // In the subscribe command.
+    let mut ws = connect(&server, "").await;
+    let reply = sub_with(&mut ws, "user/8812", Some(GOLDEN)).await;
+    assert_eq!(reply["op"], "subscribed", "{reply}");
+    publish_async(&server, "user/8812", r#"{"booking":"B-2100"}"#).await;
+    assert_eq!(next_json(&mut ws).await["data"]["booking"], "B-2100");
+
+    // In the connect URL.
+    let mut at_connect = connect(&server, &format!("?ch=user/8812&token={GOLDEN}")).await;
+    assert_eq!(next_json(&mut at_connect).await["op"], "subscribed");
+
+    // One character off in the signature is refused: the server checks it.
+    let tampered = GOLDEN.replace(".FAQn", ".GAQn");
+    assert_ne!(tampered, GOLDEN);
+    let refused = sub_with(&mut ws, "user/8812", Some(&tampered)).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(
+        metric(
+            &server,
+            "surge_token_refusals_total{reason=\"bad_signature\"}"
+        ),
+        1
+    );
     server.shutdown();
 }

@@ -1,6 +1,6 @@
 //! Property tests for the wire code: any frame we encode decodes back to
-//! itself however the bytes are split, masking is an involution, and no
-//! input makes the decoders panic.
+//! itself however the bytes are split, masking is the RFC's byte-wise XOR
+//! (and so an involution), and no input makes the decoders panic.
 
 use proptest::prelude::*;
 use surge::wire::frame::{decode_header, encode_frame, OpCode, Role};
@@ -65,6 +65,19 @@ proptest! {
             got.extend(decoded);
         }
         prop_assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn masking_xors_each_byte_with_the_key_byte_at_its_position(
+        data in prop::collection::vec(any::<u8>(), 0..300),
+        key in any::<[u8; 4]>(),
+    ) {
+        // RFC 6455 section 5.3 spelled out byte by byte: a mask that does
+        // nothing, or shifts the key, fails here (twice-is-identity cannot).
+        let expected: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
+        let mut buf = data.clone();
+        apply_mask(&mut buf, key);
+        prop_assert_eq!(buf, expected);
     }
 
     #[test]

@@ -60,12 +60,25 @@ async fn reconnect_with_since_gets_exactly_the_missed_publications_then_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_while_publishing_goes_on_has_no_gap_and_no_duplicate() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
     const TOTAL: u64 = 3000;
+    /// The publisher stays at most this far ahead of what the reader has
+    /// seen, so publishing is still going on at every reconnect but the
+    /// last few, whatever the relative speed of the two.
+    const LEAD: u64 = 400;
     let server = start(&["--history-size", "5000"]);
     let addr = server.publish_addr;
+    let seen_upto = Arc::new(AtomicU64::new(0));
+    let reader_seen = Arc::clone(&seen_upto);
     let publisher = tokio::task::spawn_blocking(move || {
         let agent = ureq::AgentBuilder::new().timeout(WAIT).build();
         for n in 1..=TOTAL {
+            let waiting = std::time::Instant::now();
+            while n > seen_upto.load(Ordering::Acquire) + LEAD {
+                assert!(waiting.elapsed() < WAIT, "the reader stopped at {n}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             let body = format!(r#"{{"ch":"surge:live","data":{n}}}"#);
             let r = agent
                 .post(&format!("http://{addr}/api/publish"))
@@ -77,17 +90,26 @@ async fn recovery_while_publishing_goes_on_has_no_gap_and_no_duplicate() {
     let mut seen: Vec<u64> = Vec::new();
     let mut position: Option<(String, u64)> = None;
     let mut round = 0;
+    // Reconnects whose recovery answer came while publishing went on (the
+    // channel's offset then was below TOTAL) and after which the same
+    // connection received live publications past that offset.
+    let mut seams_mid_publishing = 0;
     while seen.last().copied() != Some(TOTAL) {
         round += 1;
         assert!(round < 200, "no progress");
         let mut ws = connect(&server, "").await;
-        match &position {
-            None => subscribe(&mut ws, "surge:live").await,
+        let top_at_recovery = match &position {
+            None => {
+                subscribe(&mut ws, "surge:live").await;
+                None
+            }
             Some((epoch, off)) => {
                 let reply = sub_since(&mut ws, "surge:live", epoch, *off).await;
                 assert_eq!(reply["recovered"], true, "{reply}");
+                reply["off"].as_u64()
             }
-        }
+        };
+        let mut live_after_recovery = false;
         // Read a few hundred (or to the end), then drop the connection.
         for _ in 0..(150 + round * 37 % 200) {
             let v = next_json(&mut ws).await;
@@ -109,14 +131,20 @@ async fn recovery_while_publishing_goes_on_has_no_gap_and_no_duplicate() {
                 );
             }
             seen.push(off);
+            reader_seen.store(off, Ordering::Release);
             position = Some((v["epoch"].as_str().unwrap().to_string(), off));
+            live_after_recovery |= top_at_recovery.is_some_and(|top| top < TOTAL && off > top);
             if off == TOTAL {
                 break;
             }
         }
+        seams_mid_publishing += u32::from(live_after_recovery);
     }
     publisher.await.unwrap();
-    assert!(round > 3, "the test reconnected several times ({round})");
+    assert!(
+        seams_mid_publishing >= 3,
+        "only {seams_mid_publishing} of {round} reconnects recovered while publishing went on"
+    );
     server.shutdown();
 }
 

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use futures_util::StreamExt;
 use surge::wire::frame::OpCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,39 +120,108 @@ fn publish_api_is_not_served_on_the_public_port_nor_websockets_on_admin() {
     server.shutdown();
 }
 
+/// This process's resident set size (the server runs inside it).
+fn own_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .expect("VmRSS line")
+        * 1024
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_reports_health_metrics_and_stats() {
     let server = start(&[]);
     let mut ws = connect(&server, "").await;
-    subscribe(&mut ws, "m").await;
+    // Traffic counters move by exactly what goes over the wire from here
+    // on (the upgrade's own bytes are already counted): one masked text
+    // frame in (2 bytes of header, 4 of mask), two unmasked ones out.
+    const TRAFFIC: [&str; 4] = [
+        "surge_frames_in_total",
+        "surge_bytes_in_total",
+        "surge_frames_out_total",
+        "surge_bytes_out_total",
+    ];
+    let before = TRAFFIC.map(|series| metric(&server, series));
+    let sub = r#"{"op":"sub","ch":"m"}"#;
+    send_text(&mut ws, sub).await;
+    let subscribed = next_text(&mut ws).await;
+    assert!(subscribed.contains(r#""op":"subscribed""#), "{subscribed}");
     publish_async(&server, "m", "1").await;
-    next_json(&mut ws).await;
+    let publication = next_text(&mut ws).await;
     let (status, body) = admin_get(&server, "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
-    let (_, text) = admin_get(&server, "/metrics");
-    for name in [
-        "surge_open_connections 1",
-        "surge_worker_connections{worker=\"0\"}",
-        "surge_worker_connections{worker=\"1\"}",
-        "surge_accepted_total 1",
-        "surge_publications_total 1",
-        "surge_deliveries_total 1",
-        "surge_slow_consumer_closes_total 0",
-        "surge_handshake_failures_total{reason=\"bad_key\"} 0",
-        "surge_closes_total{code=\"1000\"} 0",
-        "surge_frames_in_total 1",
-        "# TYPE surge_bytes_out_total counter",
-        "surge_resident_memory_bytes",
-    ] {
-        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+
+    let frame = |payload: &str, mask: usize| (2 + mask + payload.len()) as u64;
+    let moved = [
+        1,
+        frame(sub, 4),
+        2,
+        frame(&subscribed, 0) + frame(&publication, 0),
+    ];
+    for ((series, before), moved) in TRAFFIC.iter().zip(before).zip(moved) {
+        // Counted just after the write the client saw: poll, bounded.
+        eventually_metric(&server, series, before + moved);
     }
+    for (series, value) in [
+        ("surge_open_connections", 1),
+        ("surge_accepted_total", 1),
+        ("surge_channels", 1),
+        ("surge_publications_total", 1),
+        ("surge_publish_requests_total", 1),
+        ("surge_deliveries_total", 1),
+        ("surge_slow_consumer_closes_total", 0),
+        ("surge_handshake_failures_total{reason=\"bad_key\"}", 0),
+        ("surge_closes_total{code=\"1000\"}", 0),
+    ] {
+        assert_eq!(metric(&server, series), value, "{series}");
+    }
+    let rss_low = own_rss();
+    assert_eq!(
+        metric(&server, "surge_worker_connections{worker=\"0\"}")
+            + metric(&server, "surge_worker_connections{worker=\"1\"}"),
+        1
+    );
+    // The server lives in this process: its RSS is ours, read around it.
+    let rss = metric(&server, "surge_resident_memory_bytes");
+    let rss_high = own_rss();
+    assert!(
+        rss_low / 2 <= rss && rss <= rss_high * 2,
+        "resident memory {rss} outside [{rss_low}/2, {rss_high}*2]"
+    );
+
     let (_, stats) = admin_get(&server, "/stats");
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["open_connections"], 1);
     assert_eq!(stats["deliveries"], 1);
+    assert_eq!(stats["frames_out"].as_u64(), Some(before[2] + 2));
     assert_eq!(stats["workers"].as_array().map(|w| w.len()), Some(2));
-    drop(ws.next());
+
+    // A clean close is answered, counted, and the gauges come back down.
+    ws.close(None).await.expect("send close");
+    assert_eq!(close_code(&mut ws).await, 1005);
+    eventually_metric(&server, "surge_open_connections", 0);
+    eventually_metric(&server, "surge_channels", 0);
     server.shutdown();
+}
+
+/// Polls /metrics until `series` reads `want`, failing after `WAIT`.
+fn eventually_metric(server: &surge::Server, series: &str, want: u64) {
+    let start = std::time::Instant::now();
+    loop {
+        let got = metric(server, series);
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{series} stayed at {got}, not {want}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

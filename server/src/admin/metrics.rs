@@ -92,6 +92,8 @@ pub struct Metrics {
     pub history_bytes: AtomicU64,
     pub started: Instant,
     pub max_connections: usize,
+    /// The engine, for its health and figures (set once at start).
+    pub engine: std::sync::OnceLock<crate::engine::SharedEngine>,
 }
 
 impl Metrics {
@@ -111,6 +113,7 @@ impl Metrics {
             history_bytes: AtomicU64::new(0),
             started: Instant::now(),
             max_connections,
+            engine: std::sync::OnceLock::new(),
         }
     }
 
@@ -282,6 +285,40 @@ impl Metrics {
             "Publish requests answered with an error.",
             &one(rejected),
         );
+        if let Some(engine) = self.engine.get() {
+            let status = engine.status();
+            let kind = format!("{{engine=\"{}\"}}", status.kind);
+            metric(
+                "engine_connected",
+                "gauge",
+                "1 while the engine's shared store (Redis) is reachable; always 1 in-process.",
+                &[(kind.clone(), u64::from(status.connected))],
+            );
+            metric(
+                "engine_reconnects_total",
+                "counter",
+                "Times a connection to the shared store was re-established.",
+                &[(kind.clone(), status.reconnects)],
+            );
+            metric(
+                "engine_rtt_microseconds",
+                "gauge",
+                "Last measured round trip to the shared store.",
+                &[(kind.clone(), status.rtt_us)],
+            );
+            metric(
+                "engine_pubsub_lag_milliseconds",
+                "gauge",
+                "Time the last publication took from the shared store to this node.",
+                &[(kind.clone(), status.pubsub_lag_ms)],
+            );
+            metric(
+                "engine_followed_channels",
+                "gauge",
+                "Channels this node follows in the shared store.",
+                &[(kind, status.followed_channels)],
+            );
+        }
         metric(
             "public_sockets",
             "gauge",
@@ -338,6 +375,18 @@ impl Metrics {
         out
     }
 
+    /// Why this server is not healthy, if it is not: today, an engine that
+    /// cannot reach its shared store (new subscriptions and publishes fail).
+    pub fn unhealthy(&self) -> Option<String> {
+        let dead = self.dead_workers.load(Relaxed);
+        if dead > 0 {
+            return Some(format!("{dead} worker(s) died; restart me"));
+        }
+        let engine = self.engine.get()?;
+        let status = engine.status();
+        (!status.connected).then(|| format!("{} engine disconnected", status.kind))
+    }
+
     /// The same figures as JSON for /stats.
     pub fn stats_json(&self) -> String {
         let workers: Vec<_> = self
@@ -360,6 +409,17 @@ impl Metrics {
             "bytes_in": self.sum(|w| &w.bytes_in),
             "bytes_out": self.sum(|w| &w.bytes_out),
             "resident_bytes": crate::core::sys::resident_bytes(),
+            "engine": self.engine.get().map(|e| {
+                let s = e.status();
+                serde_json::json!({
+                    "kind": s.kind,
+                    "connected": s.connected,
+                    "reconnects": s.reconnects,
+                    "rtt_us": s.rtt_us,
+                    "pubsub_lag_ms": s.pubsub_lag_ms,
+                    "followed_channels": s.followed_channels,
+                })
+            }),
             "workers": workers,
         })
         .to_string()

@@ -43,9 +43,9 @@ fn handle(metrics: &Metrics, stopping: &AtomicBool, request: &Request<Incoming>)
     let text = |status, body: &str| answer(status, "text/plain", body.into(), &[]);
     match request.uri().path() {
         "/healthz" if stopping.load(Ordering::Relaxed) => text(503, "shutting down\n"),
-        "/healthz" => match metrics.dead_workers.load(Ordering::Relaxed) {
-            0 => text(200, "ok\n"),
-            n => text(503, &format!("{n} worker(s) died; restart me\n")),
+        "/healthz" => match metrics.unhealthy() {
+            Some(why) => text(503, &format!("{why}\n")),
+            None => text(200, "ok\n"),
         },
         "/metrics" => answer(200, "text/plain; version=0.0.4", metrics.prometheus(), &[]),
         "/stats" => answer(200, "application/json", metrics.stats_json(), &[]),

@@ -39,6 +39,11 @@ pub enum Command {
         channel: Arc<str>,
         seq: u64,
     },
+    /// The engine cannot load `channel` now (Redis unreachable): the
+    /// subscriptions that waited for it are refused, to be retried.
+    Unavailable {
+        channel: Arc<str>,
+    },
     /// Stop accepting, close everyone with 1001, exit.
     Shutdown,
 }
@@ -114,6 +119,18 @@ impl Broker {
             };
             if outlet.tx.send_timeout(ready, SEND_TIMEOUT).is_err() {
                 tracing::error!(%channel, "a worker queue stayed full; its waiting subscribers time out");
+            }
+        }
+    }
+
+    /// Queues `Command::Unavailable` for every worker.
+    pub fn send_unavailable(&self, channel: &Arc<str>) {
+        for outlet in &self.outlets {
+            let refusal = Command::Unavailable {
+                channel: channel.clone(),
+            };
+            if outlet.tx.send_timeout(refusal, SEND_TIMEOUT).is_err() {
+                tracing::error!(%channel, "a worker queue stayed full; its waiting subscribers keep waiting");
             }
         }
     }

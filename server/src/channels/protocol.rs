@@ -54,6 +54,8 @@ pub enum ErrorCode {
     /// A private subscription's token expired without a refresh: it has
     /// ended (the connection stays open).
     TokenExpired,
+    /// The engine could not load the channel (Redis unreachable): retry.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -64,6 +66,7 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -257,6 +257,23 @@ impl Worker {
         }
     }
 
+    /// The engine cannot load `channel` now: every subscription that waited
+    /// for it is refused with `unavailable` and undone, so the browser's
+    /// retry starts afresh.
+    pub(crate) fn on_channel_unavailable(&mut self, channel: &str) {
+        for waiting in self.index.take_waiting(channel) {
+            let token = waiting.token as usize;
+            self.index
+                .unsubscribe(&mut self.conns, waiting.token, channel);
+            let reply = protocol::error(
+                Some(channel),
+                ErrorCode::Unavailable,
+                "channel history is unavailable right now; retry",
+            );
+            self.send_text(token, reply);
+        }
+    }
+
     fn answer_subscription(&mut self, token: usize, channel: &str, recovery: Recovery) {
         let position = recovery.position.as_ref().map(|(e, off)| (&**e, *off));
         self.send_text(

@@ -127,6 +127,7 @@ impl Worker {
             demo,
             addresses,
         } = ctx;
+        let start_seq = engine.start_seq();
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let max_connections = config.effective_max_connections();
@@ -150,7 +151,7 @@ impl Worker {
             engine,
             demo,
             tokens,
-            passed_seq: 0,
+            passed_seq: start_seq,
             now: 0,
             epoch: Instant::now(),
             scratch: vec![0; SCRATCH_LEN],
@@ -260,6 +261,11 @@ impl Worker {
                     batch.clear();
                     self.passed_seq = self.passed_seq.max(seq);
                     self.on_channel_ready(&channel);
+                }
+                Command::Unavailable { channel } => {
+                    self.fan_out(&batch);
+                    batch.clear();
+                    self.on_channel_unavailable(&channel);
                 }
                 Command::Shutdown => {
                     self.fan_out(&batch);

@@ -147,6 +147,14 @@ pub enum Gap {
     Missing { from: u64 },
 }
 
+/// One channel as a state file keeps it.
+pub struct ExportedChannel<'a> {
+    pub name: &'a str,
+    pub epoch: &'a str,
+    /// (offset, age in seconds, data), oldest first.
+    pub entries: Vec<(u64, u64, &'a str)>,
+}
+
 /// All channel logs of one process (or one node's mirror).
 pub struct ChannelLogs {
     logs: HashMap<Arc<str>, ChannelLog>,
@@ -213,6 +221,53 @@ impl ChannelLogs {
         numbering: Numbering<'_>,
     ) -> Result<Appended, Gap> {
         let now = self.clock.now();
+        self.append_at(channel, data, numbering, now)
+    }
+
+    /// Puts back an entry saved by an earlier run, `age_secs` old now, with
+    /// its own epoch and offset (see `state.rs`).
+    pub fn restore(
+        &mut self,
+        channel: &str,
+        epoch: &str,
+        off: u64,
+        data: &str,
+        age_secs: u64,
+    ) -> Result<(), Gap> {
+        // Older than this run's clock: it counts as published at its start.
+        let at = self.clock.now().saturating_sub(age_secs);
+        self.append_at(channel, data, Numbering::Given { epoch, off }, at)
+            .map(|_| ())
+    }
+
+    /// Every channel's epoch and retained entries, oldest first, as
+    /// (offset, age in seconds, data), for a state file.
+    pub fn export(&self) -> Vec<ExportedChannel<'_>> {
+        let now = self.clock.now();
+        self.logs
+            .values()
+            .map(|log| ExportedChannel {
+                name: &log.name,
+                epoch: &log.epoch,
+                entries: log
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        let data = std::str::from_utf8(&e.frame[e.data.clone()]).unwrap_or("null");
+                        (e.off, now.saturating_sub(e.at), data)
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn append_at(
+        &mut self,
+        channel: &str,
+        data: &str,
+        numbering: Numbering<'_>,
+        now: u64,
+    ) -> Result<Appended, Gap> {
         if let Numbering::Given { epoch, off } = numbering {
             match self.logs.get(channel) {
                 Some(log) if &*log.epoch == epoch => {

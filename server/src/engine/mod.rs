@@ -11,8 +11,11 @@
 //!
 //! It must not touch sockets or connections; workers do that.
 
+pub mod follow;
 pub mod log;
 pub mod memory;
+pub mod redis;
+pub mod state;
 
 use std::sync::Arc;
 
@@ -41,6 +44,8 @@ pub struct EngineStatus {
     pub reconnects: u64,
     /// Last measured round trip to the shared store, in microseconds.
     pub rtt_us: u64,
+    /// How long the last publication took from Redis to this node, in ms.
+    pub pubsub_lag_ms: u64,
     /// Channels whose publications this node follows.
     pub followed_channels: u64,
 }
@@ -69,12 +74,20 @@ pub trait Engine: Send + Sync {
     /// subscriber of `channel`.
     fn interest(&self, _worker: usize, _channel: &str, _on: bool) {}
 
+    /// The sequence number workers start from: publications numbered before
+    /// they started (restored from a state file) never come through their
+    /// queues, so a recovery replays them.
+    fn start_seq(&self) -> u64 {
+        0
+    }
+
     /// Bytes of history held in this process.
     fn bytes(&self) -> usize;
 
     fn status(&self) -> EngineStatus;
 
-    /// Stops background work (connections to a shared store).
+    /// Stops taking publications and background work (connections to a
+    /// shared store), and saves what must outlive the process.
     fn shutdown(&self) {}
 }
 

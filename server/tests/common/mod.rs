@@ -160,12 +160,22 @@ pub fn raw(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Sends `request` and returns the whole HTTP answer (until the server closes).
+/// Sends `request` and returns the whole HTTP answer, which must end with
+/// the server closing the connection within `WAIT`: a refusal that leaves
+/// the socket open fails here. A reset after the answer arrived (the
+/// server closed with our bytes still unread) still counts as a close.
 pub fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = raw(addr);
     s.write_all(request).expect("write");
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    match s.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !out.is_empty() => {}
+        Err(e) => panic!(
+            "the server did not close after its answer ({e}); got so far: {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -256,7 +266,7 @@ pub fn post_with_key(
         req = req.set("Authorization", &format!("Bearer {key}"));
     }
     match req.send_string(body) {
-        Ok(r) => (r.status(), String::new(), None),
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default(), None),
         Err(ureq::Error::Status(code, r)) => {
             let challenge = r.header("WWW-Authenticate").map(String::from);
             (code, r.into_string().unwrap_or_default(), challenge)
