@@ -70,8 +70,10 @@ impl Worker {
         for channel in query.channels {
             self.subscribe_checked(token, &channel, None);
         }
+        let gen = self.conns.get(token).map_or(0, |c| c.lease_gen);
         for (channel, expires) in query.expiries {
-            self.expiries.set(token as u32, &channel, expires);
+            self.expiries
+                .set(token as u32, gen, &channel, expires, false);
         }
     }
 
@@ -91,8 +93,10 @@ impl Worker {
             }
             Ok(Command::Unsub { ch }) => {
                 let reply = if name::is_valid(&ch) {
-                    self.index.unsubscribe(&mut self.conns, token as u32, &ch);
-                    self.expiries.forget(token as u32, &ch);
+                    let held = self.index.unsubscribe(&mut self.conns, token as u32, &ch);
+                    if held && self.config.is_private(&ch) {
+                        self.expiries.forget(token as u32, &ch);
+                    }
                     protocol::reply("unsubscribed", &ch)
                 } else {
                     protocol::error(Some(&ch), ErrorCode::BadChannel, "invalid channel name")
@@ -128,9 +132,25 @@ impl Worker {
                 return self.send_text(token, reply);
             }
         };
+        let renewed = expires.is_some() && self.holds(token, channel);
         self.subscribe_checked(token, channel, since);
         if let Some(expires) = expires {
-            self.expiries.set(token as u32, channel, expires);
+            self.lease(token, channel, expires, renewed);
+        }
+    }
+
+    /// Whether `token` holds `channel` (a scan of its subscribers: used
+    /// only for private channels, which have a handful).
+    fn holds(&self, token: usize, channel: &str) -> bool {
+        self.index
+            .get(channel)
+            .is_some_and(|c| c.subscribers.contains(&(token as u32)))
+    }
+
+    fn lease(&mut self, token: usize, channel: &str, expires: u64, renewed: bool) {
+        if let Some(gen) = self.conns.get(token).map(|c| c.lease_gen) {
+            self.expiries
+                .set(token as u32, gen, channel, expires, renewed);
         }
     }
 
@@ -138,7 +158,7 @@ impl Worker {
     /// new token's expiry. A refused token changes nothing: the
     /// subscription still ends when the old one expires.
     fn refresh(&mut self, token: usize, channel: &str, auth: &str) {
-        if !self.expiries.has(token as u32, channel) {
+        if !(self.config.is_private(channel) && self.holds(token, channel)) {
             let reply = protocol::error(
                 Some(channel),
                 ErrorCode::BadRequest,
@@ -148,7 +168,7 @@ impl Worker {
         }
         match self.check_token(channel, Some(auth)) {
             Ok(Some(expires)) => {
-                self.expiries.set(token as u32, channel, expires);
+                self.lease(token, channel, expires, true);
                 self.send_text(token, protocol::reply("refreshed", channel));
             }
             Ok(None) => {}
@@ -162,7 +182,12 @@ impl Worker {
     /// Ends every private subscription whose token expired without a
     /// refresh, telling the browser why; its connection stays open.
     pub(crate) fn expire_private_subscriptions(&mut self) {
-        for (conn, channel) in self.expiries.due(unix_now()) {
+        let conns = &self.conns;
+        let ended = self.expiries.due(unix_now(), |conn, gen| {
+            conns.get(conn as usize).is_some_and(|c| c.lease_gen == gen)
+        });
+        for lease in ended {
+            let (conn, channel) = (lease.conn, lease.channel);
             if self.index.unsubscribe(&mut self.conns, conn, &channel) {
                 let reply = protocol::error(
                     Some(&channel),

@@ -96,7 +96,9 @@ impl Worker {
         let mut conn = Conn::new(socket, at);
         conn.addr_bucket = bucket;
         conn.credit = MESSAGE_BURST;
-        conn.credit_at = self.now as u16;
+        conn.credit_at = self.now as u8;
+        self.lease_gen = self.lease_gen.wrapping_add(1);
+        conn.lease_gen = self.lease_gen;
         conn.set(flags);
         entry.insert(conn);
         self.wheel.schedule(token, at);

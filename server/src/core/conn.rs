@@ -73,8 +73,13 @@ pub struct Conn {
     /// bucket of `limits::MESSAGE_BURST`), refilled by `credit_at`. Both
     /// sit in what was padding.
     pub credit: u8,
-    /// The worker second (mod 2^16) the credit was last refilled.
-    pub credit_at: u16,
+    /// The worker second (mod 256) the credit was last refilled: a full
+    /// refill takes under 7 s, so the wrap costs nothing.
+    pub credit_at: u8,
+    /// Which connection this is among those the slab slot has held, so a
+    /// private subscription's lease never ends a later one (`expiry.rs`).
+    /// Also in what was padding.
+    pub lease_gen: u16,
     /// Channels this connection subscribes to; two fit without a heap block.
     pub subs: SmallVec<[Sub; 2]>,
     pub rare: Option<Box<Rare>>,
@@ -112,6 +117,7 @@ impl Conn {
             addr_bucket: 0,
             credit: 0,
             credit_at: 0,
+            lease_gen: 0,
             subs: SmallVec::new(),
             rare: None,
         }

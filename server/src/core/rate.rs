@@ -18,9 +18,9 @@ impl Worker {
         if rate == 0 {
             return Some(());
         }
-        // The clock wraps every 18 hours; a bucket untouched that long is
-        // full anyway unless it was drained, and then a short refill is fine.
-        let now = self.now as u16;
+        // The clock wraps every 256 s; a full refill takes under 7 s, so a
+        // wrapped reading at worst refills a drained bucket a little late.
+        let now = self.now as u8;
         let conn = self.conns.get_mut(token)?;
         let elapsed = usize::from(now.wrapping_sub(conn.credit_at));
         if elapsed > 0 {

@@ -108,6 +108,8 @@ pub struct Worker {
     pub(crate) expiries: Expiries,
     /// The worker second expiries were last checked in: once a second is enough.
     expiries_checked: u32,
+    /// Generation given to the last accepted connection (`Conn::lease_gen`).
+    pub(crate) lease_gen: u16,
     /// When shutting down: the second at which we stop waiting.
     shutdown_at: Option<u32>,
 }
@@ -164,6 +166,7 @@ impl Worker {
             kill_requested: false,
             expiries: Expiries::default(),
             expiries_checked: 0,
+            lease_gen: 0,
             shutdown_at: None,
         })
     }

@@ -309,7 +309,6 @@ impl Worker {
             self.stats().count_close(close::ABNORMAL);
         }
         self.index.unsubscribe_all(&mut self.conns, token as u32);
-        self.expiries.forget_conn(token as u32);
         self.uncount(token);
         if let Some(conn) = self.conns.try_remove(token) {
             if conn.has(flag::SHED) {
