@@ -18,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use clap::Parser;
 use serde_json::{json, Value};
 
+mod floor_gap;
+
 #[derive(Parser)]
 #[command(name = "benches")]
 struct Cli {
@@ -29,6 +31,8 @@ struct Cli {
 enum Cmd {
     /// Every macro benchmark, Surge and the baseline side by side.
     All(Opts),
+    /// Server CPU per delivery and per handshake next to the kernel's floor, pinned.
+    FloorGap(floor_gap::Opts),
 }
 
 #[derive(clap::Args, Clone)]
@@ -404,13 +408,15 @@ fn all(o: &Opts) -> Result<(), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    match Cli::parse().cmd {
-        Cmd::All(o) => match all(&o) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("benches: {e}");
-                std::process::ExitCode::from(2)
-            }
-        },
+    let result = match Cli::parse().cmd {
+        Cmd::All(o) => all(&o),
+        Cmd::FloorGap(o) => floor_gap::run(&o),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("benches: {e}");
+            std::process::ExitCode::from(2)
+        }
     }
 }

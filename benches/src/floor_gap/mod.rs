@@ -1,0 +1,396 @@
+//! `benches floor-gap`: how far Surge is from the kernel's floor, in one run.
+//!
+//!   cargo run --release -p benches -- floor-gap [--conns 18000] [--json FILE]
+//!
+//! For the floor (`floor_server`: accept, read, SHA-1, fixed 101; one
+//! `write` per socket per publication), Surge and the tokio baseline in
+//! turn, each a fresh process pinned to one CPU while this process (the
+//! clients) is pinned to the other, with the same clients:
+//!
+//! - ramp N browsers, each subscribing to two channels at connect
+//!   (`?ch=clinic:0&ch=inbox/ID`), and take the server's CPU per accepted
+//!   and upgraded connection;
+//! - publish single publications to all N (one at a time, the next only
+//!   once every client has counted the last: no bursts, so no `writev`
+//!   batching), and take the server's CPU per delivery the clients counted.
+//!
+//! Repeated (`--repeats`), printing medians and ranges of each figure and of
+//! the ratios taken within each repeat, and writing JSON. It measures; it
+//! never asserts on time.
+
+mod client;
+mod process;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use client::Clients;
+use process::{cpu_seconds, loadavg, pin_self, start_pinned, Pinned};
+
+#[derive(clap::Args, Clone)]
+pub struct Opts {
+    /// Connections (subscribers) per server.
+    #[arg(long, default_value_t = 18_000)]
+    conns: usize,
+    /// Single publications to all subscribers, one after the other.
+    #[arg(long, default_value_t = 10)]
+    publications: u64,
+    /// Times the whole comparison is repeated (medians and ranges).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Bytes of the `data` string in each publication; the default makes
+    /// Surge's frame 134 bytes, the size the issue's C floor measured.
+    #[arg(long, default_value_t = 78)]
+    data_bytes: usize,
+    /// CPU the server under test is pinned to.
+    #[arg(long, default_value_t = 0)]
+    server_cpu: usize,
+    /// CPU this process (the clients) is pinned to.
+    #[arg(long, default_value_t = 1)]
+    client_cpu: usize,
+    /// Surge's worker threads (one per CPU it is pinned to by default).
+    #[arg(long, default_value_t = 1)]
+    surge_workers: usize,
+    /// Leave the tokio baseline out.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench/floor-gap.json")]
+    json: PathBuf,
+    /// Use the binaries already in target/release.
+    #[arg(long)]
+    skip_build: bool,
+}
+
+/// One server measured once.
+struct Sample {
+    handshake_us: f64,
+    handshake_us_ticks: f64,
+    delivery_us: f64,
+    delivery_us_ticks: f64,
+    ready: usize,
+    failed: usize,
+    handshakes_per_second: f64,
+    deliveries: u64,
+    expected: u64,
+    per_client: (u32, u32),
+    frame_bytes: usize,
+}
+
+impl Sample {
+    fn to_json(&self) -> Value {
+        json!({
+            "cpu_us_per_handshake": self.handshake_us, "cpu_us_per_handshake_from_stat_ticks": self.handshake_us_ticks,
+            "cpu_us_per_delivery": self.delivery_us, "cpu_us_per_delivery_from_stat_ticks": self.delivery_us_ticks,
+            "connections_ready": self.ready, "connections_failed": self.failed,
+            "handshakes_per_second": self.handshakes_per_second,
+            "deliveries_counted_by_clients": self.deliveries, "deliveries_expected": self.expected,
+            "deliveries_per_client_min": self.per_client.0, "deliveries_per_client_max": self.per_client.1,
+            "frame_bytes": self.frame_bytes,
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Floor,
+    Surge,
+    Baseline,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Floor => "floor",
+            Kind::Surge => "surge",
+            Kind::Baseline => "baseline",
+        }
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    super::root().join("target/release").join(name)
+}
+
+fn start(kind: Kind, o: &Opts) -> Result<Pinned, String> {
+    let workers = o.surge_workers.to_string();
+    match kind {
+        Kind::Floor => start_pinned(&bin("floor_server"), &[], o.server_cpu),
+        Kind::Baseline => start_pinned(
+            &bin("baseline"),
+            &["127.0.0.1:0", "127.0.0.1:0"],
+            o.server_cpu,
+        ),
+        Kind::Surge => {
+            let mut args: Vec<&str> = surge::config::EPHEMERAL_LOOPBACK.to_vec();
+            args.extend([
+                "--log",
+                "warn",
+                "--max-connections",
+                "19500",
+                "--workers",
+                &workers,
+            ]);
+            start_pinned(&bin("surge"), &args, o.server_cpu)
+        }
+    }
+}
+
+/// One publication to `clinic:0`: a POST to the publish API, or for the
+/// floor a `write BYTES` line on its stdin.
+fn publish(server: &mut Pinned, id: u64, o: &Opts, frame_bytes: usize) -> Result<(), String> {
+    let Some(addr) = server.publish.clone() else {
+        let stdin = server.stdin.as_mut().ok_or("floor stdin")?;
+        writeln!(stdin, "write {frame_bytes}").map_err(|e| e.to_string())?;
+        return stdin.flush().map_err(|e| e.to_string());
+    };
+    let pad = "x".repeat(o.data_bytes.saturating_sub(8));
+    let body = format!(r#"{{"ch":"clinic:0","data":"{id:07}-{pad}"}}"#);
+    let mut s = TcpStream::connect(&addr).map_err(|e| format!("publish {addr}: {e}"))?;
+    write!(
+        s,
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "publish refused: {}",
+            answer.lines().next().unwrap_or("")
+        ))
+    }
+}
+
+/// Ramps, then publishes, measuring the server's CPU around each.
+/// `frame_bytes` is the frame size the floor writes (Surge's, measured first).
+fn measure(kind: Kind, o: &Opts, frame_bytes: usize) -> Result<Sample, String> {
+    let mut server = start(kind, o)?;
+    let pid = server.child.id();
+    let mut clients = Clients::new().map_err(|e| e.to_string())?;
+    let acks = if kind == Kind::Floor { 0 } else { 2 };
+    let before = cpu_seconds(pid)?;
+    let ramp = clients.ramp(
+        server.ws,
+        o.conns,
+        acks,
+        |i| format!("/ws?ch=clinic:0&ch=inbox/{i}"),
+        Duration::from_secs(120),
+    )?;
+    let ramped = cpu_seconds(pid)?;
+    // Let delayed ACKs and the last wake-ups of the ramp settle first.
+    std::thread::sleep(Duration::from_millis(300));
+    let start = cpu_seconds(pid)?;
+    let mut expected = 0;
+    for id in 0..o.publications {
+        publish(&mut server, id, o, frame_bytes)?;
+        expected += ramp.ready as u64;
+        clients.wait_for(expected, Duration::from_secs(60))?;
+    }
+    let end = cpu_seconds(pid)?;
+    let per_client = clients.per_client_range();
+    clients.close_all();
+    let deliveries = clients.deliveries.max(1) as f64;
+    let ready = ramp.ready.max(1) as f64;
+    Ok(Sample {
+        handshake_us: (ramped.0 - before.0) * 1e6 / ready,
+        handshake_us_ticks: (ramped.1 - before.1) * 1e6 / ready,
+        delivery_us: (end.0 - start.0) * 1e6 / deliveries,
+        delivery_us_ticks: (end.1 - start.1) * 1e6 / deliveries,
+        ready: ramp.ready,
+        failed: ramp.failed,
+        handshakes_per_second: ramp.ready as f64 / ramp.seconds.max(1e-9),
+        deliveries: clients.deliveries,
+        expected,
+        per_client,
+        frame_bytes: clients.frame_bytes,
+    })
+}
+
+/// Median and range of `v`.
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let median = match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    (
+        median,
+        v.first().copied().unwrap_or(f64::NAN),
+        v.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
+fn show((median, lo, hi): (f64, f64, f64)) -> String {
+    format!("{median:.2} [{lo:.2}-{hi:.2}]")
+}
+
+fn build() -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = Command::new(cargo)
+        .current_dir(super::root())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "server",
+            "-p",
+            "benches",
+            "--bins",
+        ])
+        .status()
+        .map_err(|e| e.to_string())?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err("build failed".into())
+    }
+}
+
+pub fn run(o: &Opts) -> Result<(), String> {
+    if !o.skip_build {
+        build()?;
+    }
+    pin_self(o.client_cpu)?;
+    let load_before = loadavg();
+    let kinds: Vec<Kind> = [Kind::Surge, Kind::Floor, Kind::Baseline]
+        .into_iter()
+        .filter(|k| *k != Kind::Baseline || !o.no_baseline)
+        .collect();
+    let mut runs: Vec<Vec<(Kind, Sample)>> = Vec::new();
+    for r in 0..o.repeats {
+        let mut round = Vec::new();
+        let mut frame_bytes = 0;
+        for &kind in &kinds {
+            eprintln!(
+                "floor-gap: repeat {}/{}: {} ...",
+                r + 1,
+                o.repeats,
+                kind.name()
+            );
+            let s = measure(kind, o, frame_bytes)?;
+            if kind == Kind::Surge {
+                frame_bytes = s.frame_bytes;
+            }
+            round.push((kind, s));
+        }
+        runs.push(round);
+    }
+    let load_after = loadavg();
+    report(o, &kinds, &runs, &load_before, &load_after)
+}
+
+fn report(
+    o: &Opts,
+    kinds: &[Kind],
+    runs: &[Vec<(Kind, Sample)>],
+    load_before: &str,
+    load_after: &str,
+) -> Result<(), String> {
+    fn get(r: &[(Kind, Sample)], k: Kind) -> Option<&Sample> {
+        r.iter().find(|(x, _)| *x == k).map(|(_, s)| s)
+    }
+    let series = |k: Kind, f: &dyn Fn(&Sample) -> f64| {
+        stats(runs.iter().filter_map(|r| get(r, k)).map(f).collect())
+    };
+    let ratio = |a: Kind, b: Kind, f: &dyn Fn(&Sample) -> f64| {
+        stats(
+            runs.iter()
+                .filter_map(|r| Some(f(get(r, a)?) / f(get(r, b)?)))
+                .collect(),
+        )
+    };
+    let handshake = |s: &Sample| s.handshake_us;
+    let delivery = |s: &Sample| s.delivery_us;
+    println!(
+        "floor-gap: N = {} connections (each ?ch=clinic:0&ch=inbox/ID), {} single publications, {} repeats",
+        o.conns, o.publications, o.repeats
+    );
+    println!(
+        "pinning: server on CPU {} (taskset -c), clients on CPU {}; surge --workers {}; loadavg {load_before} -> {load_after}",
+        o.server_cpu, o.client_cpu, o.surge_workers
+    );
+    println!("server CPU from /proc/PID/task/*/schedstat; median [range] over repeats\n");
+    println!(
+        "{:<34} {:>22} {:>22}",
+        "", "us per handshake", "us per delivery"
+    );
+    for &k in kinds {
+        println!(
+            "{:<34} {:>22} {:>22}",
+            k.name(),
+            show(series(k, &handshake)),
+            show(series(k, &delivery))
+        );
+    }
+    let mut ratios = Vec::new();
+    for (label, a, b) in [
+        ("surge / floor", Kind::Surge, Kind::Floor),
+        ("baseline / floor", Kind::Baseline, Kind::Floor),
+        ("surge / baseline", Kind::Surge, Kind::Baseline),
+    ] {
+        if !kinds.contains(&a) || !kinds.contains(&b) {
+            continue;
+        }
+        let (h, d) = (ratio(a, b, &handshake), ratio(a, b, &delivery));
+        println!("{:<34} {:>22} {:>22}", label, show(h), show(d));
+        ratios.push(
+            json!({"ratio": label, "handshake": {"median": h.0, "min": h.1, "max": h.2},
+                           "delivery": {"median": d.0, "min": d.1, "max": d.2}}),
+        );
+    }
+    let mut lost = false;
+    for r in runs {
+        for (k, s) in r {
+            if s.deliveries != s.expected || s.failed > 0 || s.ready != o.conns {
+                lost = true;
+                println!(
+                    "note: {}: {} of {} ready, {} failed, {} of {} deliveries",
+                    k.name(),
+                    s.ready,
+                    o.conns,
+                    s.failed,
+                    s.deliveries,
+                    s.expected
+                );
+            }
+        }
+    }
+    if let Some(s) = runs.first().and_then(|r| get(r, Kind::Surge)) {
+        println!("frame: {} bytes (header included)", s.frame_bytes);
+    }
+    let results = json!({
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "connections": o.conns, "publications": o.publications, "repeats": o.repeats,
+        "server_cpu": o.server_cpu, "client_cpu": o.client_cpu, "surge_workers": o.surge_workers,
+        "loadavg_before": load_before, "loadavg_after": load_after, "complete": !lost,
+        "ratios": ratios,
+        "runs": runs.iter().map(|r| r.iter().map(|(k, s)| (k.name().to_string(), s.to_json())).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+    });
+    let path = if o.json.is_absolute() {
+        o.json.clone()
+    } else {
+        super::root().join(&o.json)
+    };
+    write_json(&path, &results)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| e.to_string())
+}
