@@ -45,7 +45,7 @@ pub struct Opts {
     repeats: usize,
     /// Bytes of the `data` string in each publication; the default makes
     /// Surge's frame 134 bytes, the size the C floor measured.
-    #[arg(long, default_value_t = 78)]
+    #[arg(long, default_value_t = 75)]
     data_bytes: usize,
     /// CPU the server under test is pinned to.
     #[arg(long, default_value_t = 0)]
@@ -59,6 +59,13 @@ pub struct Opts {
     /// Leave the tokio baseline out.
     #[arg(long)]
     no_baseline: bool,
+    /// Measure only this server and the floor (`surge` or `baseline`).
+    #[arg(long)]
+    only: Option<String>,
+    /// Seconds to wait before the ramp and before the publications, after
+    /// printing the server's PID, so a profiler can attach to one phase.
+    #[arg(long, default_value_t = 0)]
+    pause: u64,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/floor-gap.json")]
     json: PathBuf,
@@ -177,6 +184,17 @@ fn measure(kind: Kind, o: &Opts, frame_bytes: usize) -> Result<Sample, String> {
     let pid = server.child.id();
     let mut clients = Clients::new().map_err(|e| e.to_string())?;
     let acks = if kind == Kind::Floor { 0 } else { 2 };
+    let pause = |phase: &str| {
+        if o.pause > 0 {
+            eprintln!(
+                "floor-gap: pause: {} pid {pid}, {phase} in {} s",
+                kind.name(),
+                o.pause
+            );
+            std::thread::sleep(Duration::from_secs(o.pause));
+        }
+    };
+    pause("ramp");
     let before = cpu_seconds(pid)?;
     let ramp = clients.ramp(
         server.ws,
@@ -188,6 +206,7 @@ fn measure(kind: Kind, o: &Opts, frame_bytes: usize) -> Result<Sample, String> {
     let ramped = cpu_seconds(pid)?;
     // Let delayed ACKs and the last wake-ups of the ramp settle first.
     std::thread::sleep(Duration::from_millis(300));
+    pause("fan-out");
     let start = cpu_seconds(pid)?;
     let mut expected = 0;
     for id in 0..o.publications {
@@ -266,11 +285,13 @@ pub fn run(o: &Opts) -> Result<(), String> {
     let kinds: Vec<Kind> = [Kind::Surge, Kind::Floor, Kind::Baseline]
         .into_iter()
         .filter(|k| *k != Kind::Baseline || !o.no_baseline)
+        .filter(|k| *k == Kind::Floor || o.only.as_ref().is_none_or(|n| n == k.name()))
         .collect();
     let mut runs: Vec<Vec<(Kind, Sample)>> = Vec::new();
     for r in 0..o.repeats {
         let mut round = Vec::new();
-        let mut frame_bytes = 0;
+        // Surge's frame once measured; this until then (`--only baseline`).
+        let mut frame_bytes = 134;
         for &kind in &kinds {
             eprintln!(
                 "floor-gap: repeat {}/{}: {} ...",
