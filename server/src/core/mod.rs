@@ -3,6 +3,7 @@
 //! system calls beneath them.
 
 pub mod conn;
+mod cork;
 mod read;
 pub mod sys;
 pub mod timer;
