@@ -24,6 +24,10 @@ pub fn reuseport_listeners(
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
+        // Pushes are small frames that must leave at once, not wait for
+        // Nagle. Accepted sockets inherit this from the listener, which
+        // saves a setsockopt per connection (docs/benchmarks.md, 2026-11-25).
+        socket.set_nodelay(true)?;
         socket.bind(&addr.into())?;
         socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
         if addr.port() == 0 {

@@ -234,11 +234,8 @@ impl Worker {
     }
 
     fn admit(&mut self, socket: mio::net::TcpStream) {
+        // TCP_NODELAY comes from the listener (`sys::reuseport_listeners`).
         let socket = std::net::TcpStream::from(socket);
-        // Pushes are small frames that must leave at once, not wait for Nagle.
-        if let Err(e) = socket.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY failed");
-        }
         let entry = self.conns.vacant_entry();
         let Ok(token) = u32::try_from(entry.key()) else {
             return;
