@@ -56,6 +56,9 @@ pub struct Opts {
     /// Surge's worker threads (one per CPU it is pinned to by default).
     #[arg(long, default_value_t = 1)]
     surge_workers: usize,
+    /// The Surge binary to measure (another build, for before and after).
+    #[arg(long)]
+    surge_bin: Option<PathBuf>,
     /// Leave the tokio baseline out.
     #[arg(long)]
     no_baseline: bool,
@@ -143,7 +146,8 @@ fn start(kind: Kind, o: &Opts) -> Result<Pinned, String> {
                 "--workers",
                 &workers,
             ]);
-            start_pinned(&bin("surge"), &args, o.server_cpu)
+            let program = o.surge_bin.clone().unwrap_or_else(|| bin("surge"));
+            start_pinned(&program, &args, o.server_cpu)
         }
     }
 }
@@ -341,6 +345,9 @@ fn report(
         "pinning: server on CPU {} (taskset -c), clients on CPU {}; surge --workers {}; loadavg {load_before} -> {load_after}",
         o.server_cpu, o.client_cpu, o.surge_workers
     );
+    if let Some(b) = &o.surge_bin {
+        println!("surge binary: {}", b.display());
+    }
     println!("server CPU from /proc/PID/task/*/schedstat; median [range] over repeats\n");
     println!(
         "{:<34} {:>22} {:>22}",
