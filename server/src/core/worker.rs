@@ -252,6 +252,9 @@ impl Worker {
         entry.insert(Conn::new(socket, at));
         self.wheel.schedule(token, at);
         WorkerMetrics::add(&self.stats().accepted, 1);
+        // The request is normally here already (TCP_DEFER_ACCEPT, see
+        // `sys.rs`): read it now rather than after another epoll_wait.
+        self.on_readable(token as usize);
     }
 
     fn drain_inbox(&mut self) {
