@@ -9,7 +9,12 @@
 //!   frame of BYTES bytes (header included) written to every upgraded
 //!   connection, one `write` each, in accept order, in a tight loop.
 //!
-//! floor_server    prints `floor listening: ws://ADDR/ws publish=none`, serves until killed
+//! floor_server [--defer-accept]   prints `floor listening: ws://ADDR/ws publish=none`,
+//!                                 serves until killed
+//!
+//! `--defer-accept` sets TCP_DEFER_ACCEPT (1 s) on the listener, as Surge
+//! does, so the request is always there at accept: the floor for a server
+//! with the same listener options.
 //!
 //! Whatever Surge spends per handshake or per delivery above this program,
 //! in the same run with the same clients, is ours to explain.
@@ -73,9 +78,34 @@ fn frame(bytes: usize) -> Vec<u8> {
     out
 }
 
-fn serve() -> std::io::Result<()> {
+/// Sets TCP_DEFER_ACCEPT to one second on the listener.
+fn defer_accept(listener: &TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let secs: libc::c_int = 1;
+    // SAFETY: the fd is open for the call; the value is a c_int we own,
+    // with its size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn serve(defer: bool) -> std::io::Result<()> {
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
+    if defer {
+        defer_accept(&listener)?;
+    }
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     poll.registry()
@@ -158,7 +188,7 @@ fn serve() -> std::io::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    match serve() {
+    match serve(std::env::args().any(|a| a == "--defer-accept")) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("floor_server: {e}");

@@ -59,6 +59,9 @@ pub struct Opts {
     /// The Surge binary to measure (another build, for before and after).
     #[arg(long)]
     surge_bin: Option<PathBuf>,
+    /// Run the floor with TCP_DEFER_ACCEPT, the listener option Surge uses.
+    #[arg(long)]
+    floor_defer_accept: bool,
     /// Leave the tokio baseline out.
     #[arg(long)]
     no_baseline: bool,
@@ -130,6 +133,9 @@ fn bin(name: &str) -> PathBuf {
 fn start(kind: Kind, o: &Opts) -> Result<Pinned, String> {
     let workers = o.surge_workers.to_string();
     match kind {
+        Kind::Floor if o.floor_defer_accept => {
+            start_pinned(&bin("floor_server"), &["--defer-accept"], o.server_cpu)
+        }
         Kind::Floor => start_pinned(&bin("floor_server"), &[], o.server_cpu),
         Kind::Baseline => start_pinned(
             &bin("baseline"),
@@ -345,6 +351,9 @@ fn report(
         "pinning: server on CPU {} (taskset -c), clients on CPU {}; surge --workers {}; loadavg {load_before} -> {load_after}",
         o.server_cpu, o.client_cpu, o.surge_workers
     );
+    if o.floor_defer_accept {
+        println!("floor: with TCP_DEFER_ACCEPT, as Surge");
+    }
     if let Some(b) = &o.surge_bin {
         println!("surge binary: {}", b.display());
     }
