@@ -19,10 +19,9 @@
 //! Whatever Surge spends per handshake or per delivery above this program,
 //! in the same run with the same clients, is ours to explain.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, ErrorKind, Read, Write};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -108,8 +107,20 @@ fn serve(defer: bool) -> std::io::Result<()> {
     }
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
-    poll.registry()
-        .register(&mut SourceFd(&0), STDIN, Interest::READABLE)?;
+    // Commands come from a thread blocked on stdin, through a waker, as a
+    // publication reaches a Surge worker from its API thread: no line is
+    // lost to an edge-triggered pipe, and the thread costs nothing between.
+    let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), STDIN)?);
+    let (tx, commands) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() || waker.wake().is_err() {
+                return;
+            }
+        }
+        drop(tx);
+        let _ = waker.wake();
+    });
     println!(
         "floor listening: ws://{}/ws publish=none",
         listener.local_addr()?
@@ -120,7 +131,6 @@ fn serve(defer: bool) -> std::io::Result<()> {
     let mut open: Vec<TcpStream> = Vec::new();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; MAX_HEAD];
-    let mut line = [0u8; 256];
     loop {
         poll.poll(&mut events, None)?;
         for e in events.iter() {
@@ -145,27 +155,24 @@ fn serve(defer: bool) -> std::io::Result<()> {
                         Err(_) => {}
                     }
                 },
-                STDIN => {
-                    // The parent writes one short line and waits for its
-                    // effect, so one read takes all of it.
-                    let n = std::io::stdin().read(&mut line)?;
-                    if n == 0 {
-                        return Ok(());
+                STDIN => loop {
+                    let cmd = match commands.try_recv() {
+                        Ok(cmd) => cmd,
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        // The parent is gone: so are we.
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(()),
+                    };
+                    let Some(Ok(bytes)) = cmd.strip_prefix("write ").map(str::parse::<usize>)
+                    else {
+                        continue;
+                    };
+                    let frame = frame(bytes.max(2));
+                    for s in &mut open {
+                        // A socket that does not take the frame is the
+                        // client's miss to count, not ours to retry.
+                        let _ = s.write(&frame);
                     }
-                    let text = String::from_utf8_lossy(&line[..n]);
-                    for cmd in text.lines() {
-                        let Some(Ok(bytes)) = cmd.strip_prefix("write ").map(str::parse::<usize>)
-                        else {
-                            continue;
-                        };
-                        let frame = frame(bytes.max(2));
-                        for s in &mut open {
-                            // A socket that does not take the frame is the
-                            // client's miss to count, not ours to retry.
-                            let _ = s.write(&frame);
-                        }
-                    }
-                }
+                },
                 Token(key) => {
                     let Some(s) = waiting.get_mut(key) else {
                         continue;
