@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use clap::Parser;
+use serde_json::{json, Value};
 
 mod engines;
-use serde_json::{json, Value};
+mod floor_gap;
 
 #[derive(Parser)]
 #[command(name = "benches")]
@@ -34,6 +35,8 @@ enum Cmd {
     /// A publication through the Redis engine against the in-process one:
     /// server CPU per delivery and publish-to-last-delivery time, same N.
     Engines(engines::EngineOpts),
+    /// Server CPU per delivery and per handshake next to the kernel's floor, pinned.
+    FloorGap(floor_gap::Opts),
 }
 
 #[derive(clap::Args, Clone)]
@@ -421,6 +424,7 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::All(o) => all(&o),
         Cmd::Engines(o) => engines::run(&o),
+        Cmd::FloorGap(o) => floor_gap::run(&o),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -68,18 +68,20 @@ impl Worker {
         if let Some(err) = refused {
             return self.shed(socket, err);
         }
+        let token = self.conns.vacant_entry().key();
         if !self.insert(socket, bucket, 0) {
             self.metrics.sockets.fetch_sub(1, Ordering::Relaxed);
             self.addresses.release(bucket);
+            return;
         }
+        // The request is normally here already (TCP_DEFER_ACCEPT, see
+        // `sys.rs`): read it now rather than after another epoll_wait.
+        self.on_readable(token);
     }
 
     /// Puts a socket in the slab and epoll with its handshake deadline.
     fn insert(&mut self, socket: std::net::TcpStream, bucket: u16, flags: u8) -> bool {
-        // Pushes are small frames that must leave at once, not wait for Nagle.
-        if let Err(e) = socket.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY failed");
-        }
+        // TCP_NODELAY comes from the listener (`sys::reuseport_listeners`).
         let entry = self.conns.vacant_entry();
         let Ok(token) = u32::try_from(entry.key()) else {
             return false;

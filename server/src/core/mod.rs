@@ -5,6 +5,7 @@
 mod accept;
 pub mod addresses;
 pub mod conn;
+mod cork;
 pub mod guard;
 mod rate;
 mod read;

@@ -8,6 +8,15 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// Seconds the kernel holds a new connection whose client has not yet sent
+/// anything before handing it to `accept`. With it, a worker finds the
+/// upgrade request already there when it accepts and reads it at once,
+/// without waiting for a readiness event, and a client that connects and
+/// says nothing holds no descriptor meanwhile. One second: browsers send
+/// their request right after the TCP handshake, and a silent client still
+/// meets `--handshake-timeout` soon after it.
+const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
 /// Binds `count` non-blocking listeners to the same address with
 /// SO_REUSEPORT, so each worker accepts on its own socket and the kernel
 /// spreads new connections without a shared lock. When `addr` has port 0 the
@@ -24,6 +33,11 @@ pub fn reuseport_listeners(
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
+        // Pushes are small frames that must leave at once, not wait for
+        // Nagle. Accepted sockets inherit this from the listener, which
+        // saves a setsockopt per connection (docs/benchmarks.md, 2026-11-25).
+        socket.set_nodelay(true)?;
+        defer_accept(&socket, DEFER_ACCEPT_SECS);
         socket.bind(&addr.into())?;
         socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
         if addr.port() == 0 {
@@ -34,6 +48,26 @@ pub fn reuseport_listeners(
         out.push(mio::net::TcpListener::from_std(socket.into()));
     }
     Ok(out)
+}
+
+/// Sets TCP_DEFER_ACCEPT; where it is refused, accepting without it is
+/// only slower, so that is logged and not fatal.
+fn defer_accept(socket: &Socket, secs: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is open for the call; the option value is a c_int we
+    // own, with its size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "TCP_DEFER_ACCEPT refused");
+    }
 }
 
 /// The soft RLIMIT_NOFILE of this process.

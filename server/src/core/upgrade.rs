@@ -54,10 +54,13 @@ impl Worker {
         conn.state = State::Open;
         conn.set(flag::COUNTED);
         self.upgraded += 1;
+        // The 101, the acknowledgements and any last values: one write.
+        self.cork.begin(token);
         self.send(token, Bytes::from(switching_protocols(&accept)));
         let at = self.now + self.config.ping_interval.0 as u32;
         self.set_timer(token, at);
         self.subscribe_at_connect(token, query);
+        self.uncork();
         Some(req.head_len)
     }
 

@@ -25,6 +25,7 @@ use crate::channels::token::TokenKey;
 use crate::config::Config;
 use crate::core::addresses::AddressCounts;
 use crate::core::conn::{flag, Conn, State};
+use crate::core::cork::Cork;
 use crate::core::sys;
 use crate::core::timer::TimerWheel;
 use crate::core::write::{write_or_queue, SendError};
@@ -94,6 +95,8 @@ pub struct Worker {
     /// Upgraded connections on this worker (those with `flag::COUNTED`),
     /// kept as a count so the gauge never walks the slab.
     pub(crate) upgraded: usize,
+    /// What an upgrade sends, gathered for one write (see `cork.rs`).
+    pub(crate) cork: Cork,
     /// Set when accept ran out of descriptors; retried on the next tick.
     pub(crate) accept_paused: bool,
     /// Connections per source address, across workers.
@@ -159,6 +162,7 @@ impl Worker {
             scratch: vec![0; SCRATCH_LEN],
             rearm: Vec::new(),
             upgraded: 0,
+            cork: Cork::default(),
             accept_paused: false,
             addresses,
             shedding: 0,

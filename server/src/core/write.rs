@@ -167,6 +167,10 @@ fn flush(conn: &mut Conn) -> io::Result<(bool, usize)> {
 impl Worker {
     /// Sends one of our own frames (a reply, a pong, a ping) to `token`.
     pub(crate) fn send(&mut self, token: usize, frame: Bytes) {
+        // During an upgrade everything goes out in one write (`cork.rs`).
+        if self.cork.take(token, &frame) {
+            return;
+        }
         let bound = self.config.max_outbound.get();
         let Some(conn) = self.conns.get_mut(token) else {
             return;
