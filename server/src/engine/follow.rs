@@ -114,7 +114,7 @@ pub(crate) async fn run_shard(shared: Arc<Shared>, index: usize) {
             let mut mirror = shared.mirror();
             let gone: Vec<Arc<str>> = mirror
                 .ready
-                .iter()
+                .keys()
                 .filter(|c| shared.shard_of(c) == index && !wanted.contains(*c))
                 .cloned()
                 .collect();
@@ -152,7 +152,7 @@ fn refuse_waiting(shared: &Shared, index: usize) {
     }
     let mirror = shared.mirror();
     for channel in changed {
-        if !mirror.ready.contains(&channel) {
+        if !mirror.ready.contains_key(&channel) {
             shared.broker.send_unavailable(&channel);
         }
     }
@@ -254,7 +254,7 @@ pub(crate) async fn sync(shared: &Shared, channel: &Arc<str>) {
                 _ => "timed out".into(),
             };
             tracing::warn!(%channel, error = %why, "loading a channel from redis failed");
-            if !shared.mirror().ready.contains(channel) {
+            if !shared.mirror().ready.contains_key(channel) {
                 shared.broker.send_unavailable(channel);
                 shared.broker.wake_all();
             }
@@ -280,7 +280,7 @@ pub(crate) async fn sync(shared: &Shared, channel: &Arc<str>) {
 async fn apply(shared: &Shared, channel: &Arc<str>, epoch: &str, entries: &[(u64, String)]) {
     wait_for_room(shared, entries.len() + 1).await;
     let mut mirror = shared.mirror();
-    let was_ready = mirror.ready.contains(channel);
+    let was_ready = mirror.ready.contains_key(channel);
     for (off, data) in entries {
         if epoch.is_empty() {
             break;
@@ -306,8 +306,8 @@ async fn apply(shared: &Shared, channel: &Arc<str>, epoch: &str, entries: &[(u64
     }
     mirror.logs.evict_over_cap();
     if !was_ready {
-        mirror.ready.insert(channel.clone());
         let seq = mirror.logs.seq();
+        mirror.ready.insert(channel.clone(), seq);
         shared.broker.send_ready(channel, seq);
     }
     drop(mirror);
@@ -344,7 +344,7 @@ async fn on_message(shared: &Shared, following: &HashSet<Arc<str>>, message: &re
     wait_for_room(shared, 1).await;
     let gap = {
         let mut mirror = shared.mirror();
-        if !mirror.ready.contains(channel) {
+        if !mirror.ready.contains_key(channel) {
             // Its load is still to come and will include this one.
             return;
         }

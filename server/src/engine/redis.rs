@@ -18,7 +18,7 @@
 //! wait on Redis; what they need arrives through their inbox.
 //! It must not touch sockets of browsers or the workers' state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -95,10 +95,11 @@ pub(crate) fn topic(channel: &str) -> String {
 }
 
 /// The node-local mirror: the channel logs, and which channels are loaded
-/// (a loaded channel may have no log: nothing published yet).
+/// (a loaded channel may have no log: nothing published yet), each with the
+/// sequence number of the `Command::Ready` that announced it.
 pub(crate) struct Mirror {
     pub logs: ChannelLogs,
-    pub ready: HashSet<Arc<str>>,
+    pub ready: HashMap<Arc<str>, u64>,
 }
 
 /// What the engine's tasks and its callers share.
@@ -254,7 +255,7 @@ impl RedisEngine {
         let shared = Arc::new(Shared {
             mirror: Mutex::new(Mirror {
                 logs: ChannelLogs::new(history.clone(), Clock::real()),
-                ready: HashSet::new(),
+                ready: HashMap::new(),
             }),
             broker,
             history,
@@ -306,10 +307,16 @@ impl Engine for RedisEngine {
         passed_seq: u64,
     ) -> Option<Recovery> {
         let mirror = self.shared.mirror();
-        if !mirror.ready.contains(channel) {
-            return None;
+        // Loaded, and this worker has dequeued the Ready that said so: only
+        // then do its queue and the mirror meet without a gap. A worker that
+        // has not yet (the load finished between its interest and this call)
+        // waits for that Ready like any other subscriber.
+        match mirror.ready.get(channel) {
+            Some(&ready_seq) if passed_seq >= ready_seq => {
+                Some(mirror.logs.recover(channel, since, passed_seq))
+            }
+            _ => None,
         }
-        Some(mirror.logs.recover(channel, since, passed_seq))
     }
 
     fn wants_interest(&self) -> bool {
