@@ -306,8 +306,12 @@ impl Worker {
             protocol::subscribed(channel, position, recovery.recovered),
         );
         let replayed = recovery.frames.len() as u64;
-        for frame in recovery.frames {
-            self.send(token, frame);
+        if self.cork.is_corked(token) {
+            for frame in recovery.frames {
+                self.send(token, frame);
+            }
+        } else {
+            self.send_replay(token, &recovery.frames);
         }
         WorkerMetrics::add(&self.stats().replayed, replayed);
     }

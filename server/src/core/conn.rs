@@ -99,6 +99,10 @@ pub struct Rare {
     /// What `out` costs: its bytes plus a fixed overhead per entry (see
     /// `write::FRAME_OVERHEAD`), checked against `--max-outbound`.
     pub out_len: usize,
+    /// What a recovery's replay added to `out`: bounded by history, not by
+    /// `--max-outbound`, which applies on top of it. Gone with `Rare` once
+    /// the queue drains.
+    pub replay_allowance: usize,
 }
 
 impl Rare {
@@ -138,6 +142,12 @@ impl Conn {
     /// The rare state, created on first need.
     pub fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// How far past `--max-outbound` this connection's queue may go: what a
+    /// recovery's replay put there.
+    pub fn replay_allowance(&self) -> usize {
+        self.rare.as_ref().map_or(0, |r| r.replay_allowance)
     }
 
     /// What the unsent frames queued on this connection cost.

@@ -40,6 +40,11 @@ impl Cork {
         self.frames = 0;
     }
 
+    /// Whether what is sent to `token` is being gathered now.
+    pub fn is_corked(&self, token: usize) -> bool {
+        self.token == Some(token)
+    }
+
     /// Takes `frame` if it is for the connection being upgraded.
     pub fn take(&mut self, token: usize, frame: &[u8]) -> bool {
         if self.token != Some(token) {

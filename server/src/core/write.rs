@@ -61,6 +61,7 @@ pub fn write_or_queue(
         return Ok(0);
     }
     let total: usize = frames.iter().map(|f| cost(f)).sum();
+    let bound = bound.saturating_add(conn.replay_allowance());
     if conn.unsent() == 0 {
         let result = match frames {
             [one] => (&conn.socket).write(one),
@@ -164,7 +165,38 @@ fn flush(conn: &mut Conn) -> io::Result<(bool, usize)> {
     }
 }
 
+/// Frames of a replay written per `writev` (IOV_MAX is 1024).
+const REPLAY_BATCH: usize = 256;
+
 impl Worker {
+    /// Sends a recovery's replay to `token`. However far behind the browser
+    /// was, the replay is bounded by history (its size and byte cap), so it
+    /// is queued whole rather than judged by `--max-outbound`: otherwise a
+    /// browser that missed more than the bound would be closed as too slow
+    /// on every reconnect and never catch up. The bound then applies to
+    /// what comes on top of the replay.
+    pub(crate) fn send_replay(&mut self, token: usize, frames: &[Bytes]) {
+        for batch in frames.chunks(REPLAY_BATCH) {
+            let Some(conn) = self.conns.get_mut(token) else {
+                return;
+            };
+            let before = conn.unsent();
+            let slices: Vec<IoSlice<'_>> = batch.iter().map(|f| IoSlice::new(f)).collect();
+            match write_or_queue(conn, batch, &slices, usize::MAX) {
+                Ok(n) => {
+                    let queued = conn.unsent().saturating_sub(before);
+                    if queued > 0 {
+                        conn.rare().replay_allowance += queued;
+                    }
+                    let stats = &self.metrics.workers[self.id];
+                    WorkerMetrics::add(&stats.frames_out, batch.len() as u64);
+                    WorkerMetrics::add(&stats.bytes_out, n as u64);
+                }
+                Err(e) => return self.on_send_error(token, e),
+            }
+        }
+    }
+
     /// Sends one of our own frames (a reply, a pong, a ping) to `token`.
     pub(crate) fn send(&mut self, token: usize, frame: Bytes) {
         // During an upgrade everything goes out in one write (`cork.rs`).
