@@ -386,3 +386,41 @@ async fn a_rate_change_applies_at_once_and_max_admitted_holds() {
     assert!(text.contains("surge_room_wait_seconds_count{room=\"r\"} 20"));
     server.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_place_whose_holder_stays_away_past_the_grace_period_is_lost() {
+    let server = start(&[
+        "--token-secret",
+        SECRET,
+        "--api-key",
+        KEY,
+        "--room-grace",
+        "1s",
+    ]);
+    put_room(&server, "r", json!({"admit_per_minute": 0}));
+    let mut line = Vec::new();
+    let mut tickets = Vec::new();
+    for _ in 0..3 {
+        let mut ws = connect(&server, "").await;
+        tickets.push(
+            join(&mut ws, "r", None).await["ticket"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        line.push(ws);
+    }
+    // The connection closing is what starts the grace period.
+    drop(line.remove(1));
+    until("the place to be lost", || {
+        room(&server, "r")["waiting"] == 2
+    })
+    .await;
+    let mut back = connect(&server, "").await;
+    let e = join(&mut back, "r", Some(&tickets[1])).await;
+    assert_eq!(e["code"], "ticket_expired", "{e}");
+    // Those still connected keep theirs.
+    let q = join(&mut back, "r", Some(&tickets[2])).await;
+    assert_eq!(q["position"], 2, "{q}");
+    server.shutdown();
+}
