@@ -291,6 +291,14 @@ pub struct Config {
     #[arg(long, env = "SURGE_DEMO", default_value_t = false)]
     pub demo: bool,
 
+    /// With --demo: a "sale opens at" waiting room in front of the slot
+    /// board, opening this long after start (e.g. 30s). Visitors join,
+    /// watch their position fall, are admitted, and book with their
+    /// admission, which the demo backend verifies. Off when not given.
+    #[arg(long, env = "SURGE_DEMO_SALE_IN")]
+    #[serde(default)]
+    pub demo_sale_in: Option<Seconds>,
+
     /// Conformance testing only: echo every message back instead of speaking
     /// the push protocol (used to run the Autobahn|Testsuite).
     #[arg(long, env = "SURGE_ECHO", default_value_t = false)]

@@ -120,7 +120,7 @@ impl Server {
             Some(secret) => {
                 let key = TokenKey::new(secret.as_bytes())
                     .ok_or_else(|| StartError::Config("unusable token secret".into()))?;
-                let (front, rx) = demo::front(key);
+                let (front, rx) = demo::front(key, config.demo_sale_in.is_some());
                 (Some(front), Some(rx))
             }
             None => (None, None),
@@ -175,12 +175,16 @@ impl Server {
         )?;
         let demo = match demo_bookings {
             Some(rx) => Some(
-                demo::start_backend(rx, publish.addr, config.api_key.clone()).map_err(
-                    |source| StartError::Worker {
-                        id: usize::MAX,
-                        source,
-                    },
-                )?,
+                demo::start_backend(
+                    rx,
+                    publish.addr,
+                    config.api_key.clone(),
+                    config.demo_sale_in.map(|s| s.0),
+                )
+                .map_err(|source| StartError::Worker {
+                    id: usize::MAX,
+                    source,
+                })?,
             ),
             None => None,
         };
