@@ -153,7 +153,14 @@ impl Rooms {
             };
             return messages::error(room, code, message);
         };
-        match r.join(key, ticket, holder, now) {
+        // A connection holds one place per room: joining again without a
+        // ticket resumes it, so a flood of joins on one socket costs one
+        // place, not one each.
+        let held = match (ticket, registry.holders.get(&holder)) {
+            (None, Some((name, spot))) if name.as_ref() == room => Some(r.ticket_for(key, *spot)),
+            _ => None,
+        };
+        match r.join(key, held.as_deref().or(ticket), holder, now) {
             Ok(joined) => {
                 if let Some(old) = joined.replaced {
                     registry.holders.remove(&old);

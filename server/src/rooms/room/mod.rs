@@ -428,6 +428,12 @@ impl Room {
             .collect()
     }
 
+    /// The ticket for `spot` (the one its holder was given: minting is
+    /// deterministic).
+    pub fn ticket_for(&self, key: &TokenKey, spot: Spot) -> String {
+        ticket::mint_ticket(key, &self.name, self.epoch, spot)
+    }
+
     /// Checks an admission token for this room (and this generation of it).
     pub fn verify(&self, key: &TokenKey, token: &str, now: u64) -> Result<Admission, TicketError> {
         let a = ticket::read_admission(key, token, &self.name, now / 1000)?;
