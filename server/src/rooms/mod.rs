@@ -27,6 +27,11 @@
 //! queued for it can reach a new connection in the same slot only if that
 //! one joined a room within the same 100 ms tick.
 //!
+//! Measured (`cargo run --release -p server --example room_cost`): at
+//! 500,000 in one room the once-a-second pass holds the lock for a median
+//! 8.6 ms (max 21 ms; 13x the floor of walking 500,000 48-byte records),
+//! choosing its 20,000 updates; a worker's `join` waits at most that long.
+//!
 //! A disconnect releases the connection (no more pushes), not the place:
 //! the ticket keeps it for `--room-grace`, and a rejoin with the ticket on
 //! any connection takes it back.
