@@ -66,7 +66,7 @@ fn main() {
             room.tick(&key, 120, now, &mut out);
             let took = start.elapsed();
             // Only the tick that crossed into a new second made a pass.
-            if now % 1000 == 0 {
+            if now.is_multiple_of(1000) {
                 passes.push(took);
                 updates.push(out.len());
             }
