@@ -35,6 +35,7 @@ fn main() {
     for i in 0..n {
         let holder = Holder {
             worker: (i % 2) as u16,
+            gen: 1,
             token: i,
         };
         black_box(room.join(&key, None, holder, t0).expect("join"));

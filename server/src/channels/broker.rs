@@ -45,8 +45,9 @@ pub enum Command {
         channel: Arc<str>,
     },
     /// Waiting-room frames for connections of this worker, by slab token
-    /// (see `rooms/`): one command per worker per rooms tick.
-    Room(Vec<(u32, Bytes)>),
+    /// and connection generation (see `rooms/`): one command per worker per
+    /// rooms tick.
+    Room(Vec<(u32, u16, Bytes)>),
     /// Stop accepting, close everyone with 1001, exit.
     Shutdown,
 }
@@ -140,7 +141,7 @@ impl Broker {
 
     /// Queues waiting-room frames for one worker and wakes it. Waits for
     /// room as a shutdown does: an admission must not be lost.
-    pub fn send_room(&self, worker: usize, frames: Vec<(u32, Bytes)>) {
+    pub fn send_room(&self, worker: usize, frames: Vec<(u32, u16, Bytes)>) {
         let Some(outlet) = self.outlets.get(worker) else {
             return;
         };

@@ -22,10 +22,9 @@
 //! round-robin. The frames it chose go to each worker as one inbox command
 //! (`Command::Room`) per tick, so a second costs at most ten commands per
 //! worker however big the room. A worker writes each frame only if the
-//! connection still has the room flag: a connection leaves the rooms
-//! (under their lock) before its slab slot is freed, so a frame already
-//! queued for it can reach a new connection in the same slot only if that
-//! one joined a room within the same 100 ms tick.
+//! connection still has the room flag and the generation (`Conn::lease_gen`)
+//! the frame was chosen for, so a frame queued for a connection that has
+//! since closed never reaches a later one in the same slab slot.
 //!
 //! Measured (`cargo run --release -p server --example room_cost`): at
 //! 500,000 in one room the once-a-second pass holds the lock for a median
@@ -296,14 +295,15 @@ impl Rooms {
         let Some(broker) = &self.broker else {
             return;
         };
-        let mut per_worker: HashMap<u16, Vec<(u32, Bytes)>> = HashMap::new();
+        let mut per_worker: HashMap<u16, Vec<(u32, u16, Bytes)>> = HashMap::new();
         for push in pushes {
             let mut frame = Vec::with_capacity(push.payload.len() + 4);
             encode_frame(&mut frame, OpCode::Text, &push.payload, None);
-            per_worker
-                .entry(push.holder.worker)
-                .or_default()
-                .push((push.holder.token, frame.into()));
+            per_worker.entry(push.holder.worker).or_default().push((
+                push.holder.token,
+                push.holder.gen,
+                frame.into(),
+            ));
         }
         for (worker, frames) in per_worker {
             broker.send_room(usize::from(worker), frames);

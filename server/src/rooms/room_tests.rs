@@ -28,6 +28,7 @@ fn settings(per_minute: u32) -> Settings {
 fn holder(i: u32) -> Holder {
     Holder {
         worker: 0,
+        gen: 1,
         token: i,
     }
 }

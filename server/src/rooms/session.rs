@@ -15,6 +15,7 @@ impl Worker {
         Holder {
             // Workers are numbered from 0 to at most a few hundred.
             worker: u16::try_from(self.id).unwrap_or(u16::MAX),
+            gen: self.conns.get(token).map_or(0, |c| c.lease_gen),
             token: token as u32,
         }
     }
@@ -29,13 +30,13 @@ impl Worker {
     }
 
     /// Frames the ticker chose for connections of this worker. A frame for
-    /// a connection that has left (closing, closed) is dropped.
-    pub(crate) fn on_room_frames(&mut self, frames: Vec<(u32, Bytes)>) {
-        for (token, frame) in frames {
-            let wanted = self
-                .conns
-                .get(token as usize)
-                .is_some_and(|c| c.state == State::Open && c.has(flag::IN_ROOM));
+    /// a connection that has left (closing, closed, its slot reused) is
+    /// dropped.
+    pub(crate) fn on_room_frames(&mut self, frames: Vec<(u32, u16, Bytes)>) {
+        for (token, gen, frame) in frames {
+            let wanted = self.conns.get(token as usize).is_some_and(|c| {
+                c.state == State::Open && c.has(flag::IN_ROOM) && c.lease_gen == gen
+            });
             if wanted {
                 self.send(token as usize, frame);
             }

@@ -32,6 +32,9 @@ pub use time::{MAX_UPDATES_PER_SECOND, UPDATE_INTERVAL_S};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Holder {
     pub worker: u16,
+    /// The connection's `Conn::lease_gen`: a frame for a connection that
+    /// has closed never reaches a later one in the same slab slot.
+    pub gen: u16,
     pub token: u32,
 }
 
