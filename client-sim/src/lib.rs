@@ -5,11 +5,13 @@
 //! - `orchestrate`: the parent: processes, scenarios, publishing, merging.
 //! - `stats`, `report`: measurements, the table, JSON and HTML.
 //! - `plan`: boxes needed, from a report.
+//! - `queue`: the waiting-room scenario (tokio-tungstenite browsers).
 //! - `srcips`, `sys`: source addresses and the system calls beneath.
 
 pub mod engine;
 pub mod orchestrate;
 pub mod plan;
+pub mod queue;
 pub mod report;
 pub mod srcips;
 pub mod stats;

@@ -57,6 +57,8 @@ enum Cmd {
     },
     /// How many boxes a surge needs, from a report.
     Plan(PlanArgs),
+    /// N browsers join a waiting room (some before the opening, some drop and rejoin): fairness and cost.
+    Queue(client_sim::queue::QueueArgs),
     /// Internal: one worker process.
     #[command(name = "__worker", hide = true)]
     Worker { spec: String },
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Queue(args) => queue(&args),
         Cmd::Idle { common } => scenario(&common, Scenario::Idle),
         Cmd::Fanout {
             common,
@@ -191,6 +194,26 @@ fn shortfalls(r: &Report) -> Vec<String> {
         }
     }
     out
+}
+
+fn queue(args: &client_sim::queue::QueueArgs) -> ExitCode {
+    match client_sim::queue::run(args) {
+        Ok(report) => {
+            print!("{}", report.table());
+            if let Some(path) = &args.json {
+                let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+                if let Err(e) = std::fs::write(path, text) {
+                    eprintln!("client-sim: {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+            ExitCode::from(if report.passed() { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("client-sim: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn worker(spec: &str) -> ExitCode {

@@ -80,9 +80,13 @@ function banner(kind, text) {
   if (kind !== "pending") el.hideTimer = setTimeout(() => (el.hidden = true), 8000);
 }
 
+// Sale mode: the admission the waiting room gave, shown to the backend with
+// every booking.
+let admission = "";
+
 async function book(clinic, slot) {
   banner("pending", `Requesting ${slot} at ${clinic.name}\u2026`);
-  const q = new URLSearchParams({ clinic: clinic.clinic, slot, user: session.user });
+  const q = new URLSearchParams({ clinic: clinic.clinic, slot, user: session.user, admission });
   const r = await fetch(`/demo/book?${q}`, { method: "POST" });
   if (!r.ok) banner("rejected", "The booking service is busy; try again.");
 }
@@ -92,13 +96,47 @@ async function book(clinic, slot) {
 if (session) surge.subscribe(`user/${session.user}`, (data, meta) => {
   if (!data) return;
   if (data.status === "confirmed") banner("confirmed", `Booked: ${data.slot} at ${data.clinic}. Reference ${data.booking}.`);
+  else if (data.reason === "not admitted" && !meta.snapshot) banner("rejected", "You need to pass the waiting room first.");
   else if (data.status === "rejected" && !meta.snapshot) banner("rejected", `Sorry, ${data.slot} was just taken. Pick another slot.`);
 }, { token: session.token });
 
-if (session) {
-  $("user").textContent = `you are ${session.user}`;
+function showBoard() {
+  $("room").hidden = true;
+  $("clinics").hidden = false;
+  $("board").hidden = false;
   renderClinics();
   pick(session.clinics[0].id);
+}
+
+// Sale mode: wait in the room (the position pushed as it falls), then the board.
+function waitInRoom(room) {
+  $("room").hidden = false;
+  $("clinics").hidden = true;
+  $("board").hidden = true;
+  surge.joinRoom(room, {
+    onPosition({ position, etaSeconds, opensAt }) {
+      $("room").dataset.position = position ?? "";
+      $("room-position").textContent =
+        position === null
+          ? `The sale opens at ${new Date(opensAt * 1000).toLocaleTimeString()}`
+          : `You are number ${position} in line`;
+      $("room-eta").textContent = etaSeconds == null ? "" : `About ${Math.max(1, Math.round(etaSeconds / 60))} min to wait`;
+    },
+    onAdmitted({ token }) {
+      admission = token;
+      $("room").dataset.admitted = "true";
+      showBoard();
+    },
+    onError({ message }) {
+      $("room-position").textContent = message;
+    },
+  });
+}
+
+if (session) {
+  $("user").textContent = `you are ${session.user}`;
+  if (session.room) waitInRoom(session.room);
+  else showBoard();
 } else {
   // A Surge without --demo: nothing publishes slots here. Say so, and keep
   // the badge as proof that the WebSocket works.

@@ -4,6 +4,7 @@
 //   const surge = new Surge("ws://" + location.host + "/ws", { onStatus: (s) => ... });
 //   surge.subscribe("clinic:42", (data, meta) => ...);
 //   surge.subscribe("user/8812", (data, meta) => ..., { token, refreshToken });
+//   surge.joinRoom("sale", { onPosition: (p) => ..., onAdmitted: (a) => ... });
 //
 // A private channel's subscription ends when its token expires. Give
 // `refreshToken: async (channel) => newToken` (asking your backend) and
@@ -47,6 +48,7 @@ export class Surge {
     this.maxDelayMs = options.maxDelayMs ?? 30000;
     this.healthyAfterMs = options.healthyAfterMs ?? 10000;
     this.channels = new Map(); // name -> {callbacks:Set, token, refreshToken, refreshTimer, epoch, off}
+    this.rooms = new Map(); // waiting room name -> {ticket, storageKey, callbacks}
     this.attempt = 0;
     this.ws = null;
     this.closed = false;
@@ -114,6 +116,60 @@ export class Surge {
     }
   }
 
+  /** Joins the waiting room `name` (docs/waiting-room.md). The ticket is kept in
+   *  sessionStorage, so a reload or a reconnect (to any server) keeps the place.
+   *  onPosition({position, etaSeconds, opensAt}): position is null before the opening.
+   *  onAdmitted({token, expires}): take the token to the booking backend; a reload
+   *  before it expires gets the same admission again.
+   *  onError({code, message}): "unknown_room" or "room_closed" (the join ends).
+   *  Returns a function that stops listening (the place stays until the grace period). */
+  joinRoom(name, { onPosition = () => {}, onAdmitted = () => {}, onError = () => {} } = {}) {
+    const storageKey = "surge.ticket." + name;
+    const room = { ticket: sessionGet(storageKey), storageKey, onPosition, onAdmitted, onError };
+    this.rooms.set(name, room);
+    this.sendJoin(name, room);
+    return () => this.rooms.delete(name);
+  }
+
+  sendJoin(name, room) {
+    const cmd = { op: "join", room: name };
+    if (room.ticket) cmd.ticket = room.ticket;
+    this.send(cmd);
+  }
+
+  /** A frame about a waiting room; false if it is not one of ours. */
+  onRoomMessage(msg) {
+    const room = this.rooms.get(msg.room);
+    if (!room) return false;
+    const call = (fn, arg) => {
+      try {
+        fn(arg);
+      } catch (e) {
+        console.error("surge: room callback failed", e);
+      }
+    };
+    if (msg.op === "queued") {
+      if (msg.ticket) {
+        room.ticket = msg.ticket;
+        sessionSet(room.storageKey, msg.ticket);
+      }
+      call(room.onPosition, { position: msg.position, etaSeconds: msg.eta_s, opensAt: msg.opens_at ?? null });
+    } else if (msg.op === "admitted") {
+      this.rooms.delete(msg.room);
+      call(room.onAdmitted, { token: msg.token, expires: msg.expires });
+    } else if (msg.op === "error" && (msg.code === "ticket_expired" || msg.code === "bad_ticket") && room.ticket) {
+      // The stored place is gone (away past the grace period, or a ticket of
+      // an earlier room of that name): join again at the back.
+      room.ticket = null;
+      sessionSet(room.storageKey, null);
+      this.sendJoin(msg.room, room);
+    } else if (msg.op === "error") {
+      this.rooms.delete(msg.room);
+      call(room.onError, { code: msg.code, message: msg.message });
+    }
+    return true;
+  }
+
   /** Closes for good: no reconnect. */
   close() {
     this.closed = true;
@@ -134,6 +190,7 @@ export class Surge {
       // Reset the backoff only once this connection has proved healthy.
       this.healthyTimer = setTimeout(() => { this.attempt = 0; }, this.healthyAfterMs);
       for (const [name, entry] of this.channels) this.sendSub(name, entry);
+      for (const [name, room] of this.rooms) this.sendJoin(name, room);
     };
     ws.onmessage = (event) => this.onMessage(event.data);
     ws.onclose = (event) => {
@@ -184,6 +241,7 @@ export class Surge {
     } catch {
       return;
     }
+    if (msg.room !== undefined && this.onRoomMessage(msg)) return;
     if (msg.op === "error") {
       const ended = this.channels.get(msg.ch);
       if (msg.code === "token_expired" && ended && ended.refreshToken) {
@@ -221,5 +279,24 @@ export class Surge {
         console.error("surge: subscriber callback failed", e);
       }
     }
+  }
+}
+
+// sessionStorage can be missing or refuse (private windows, storage off):
+// the room then works without surviving a reload.
+function sessionGet(key) {
+  try {
+    return sessionStorage.getItem(key);
+  } catch {
+    return null;
+  }
+}
+
+function sessionSet(key, value) {
+  try {
+    if (value === null) sessionStorage.removeItem(key);
+    else sessionStorage.setItem(key, value);
+  } catch {
+    // see sessionGet
   }
 }

@@ -234,6 +234,20 @@ pub struct Config {
     #[arg(long, env = "SURGE_REDIS_TIMEOUT", default_value = "2s")]
     pub redis_timeout: Seconds,
 
+    /// How long a waiting-room ticket keeps its place while its holder is
+    /// away (reload, lost connection, switch of network): a reload takes
+    /// seconds and a phone changing networks under a minute, while a place
+    /// held by someone long gone delays everyone behind it.
+    #[arg(long, env = "SURGE_ROOM_GRACE", default_value = "2m")]
+    pub room_grace: Seconds,
+
+    /// How long a waiting-room admission token stays valid when the room
+    /// does not say (`admission_ttl`): time to reach the booking page and
+    /// start booking. An admission left unused frees its place for
+    /// `max_admitted` when it expires.
+    #[arg(long, env = "SURGE_ROOM_ADMISSION_TTL", default_value = "10m")]
+    pub room_admission_ttl: Seconds,
+
     /// Channels under this prefix are private: subscribing needs a token
     /// signed with --token-secret. Booking confirmations go there.
     #[arg(long, env = "SURGE_PRIVATE_PREFIX", default_value = "user/")]
@@ -276,6 +290,14 @@ pub struct Config {
     /// for a few clinics, and the live slot board at http://HOST:PORT/.
     #[arg(long, env = "SURGE_DEMO", default_value_t = false)]
     pub demo: bool,
+
+    /// With --demo: a "sale opens at" waiting room in front of the slot
+    /// board, opening this long after start (e.g. 30s). Visitors join,
+    /// watch their position fall, are admitted, and book with their
+    /// admission, which the demo backend verifies. Off when not given.
+    #[arg(long, env = "SURGE_DEMO_SALE_IN")]
+    #[serde(default)]
+    pub demo_sale_in: Option<Seconds>,
 
     /// Conformance testing only: echo every message back instead of speaking
     /// the push protocol (used to run the Autobahn|Testsuite).
@@ -443,6 +465,17 @@ impl Config {
         }
         if self.api_key.as_ref().is_some_and(|k| k.len() < 16) {
             return fail("--api-key must be at least 16 characters".into());
+        }
+        if self.room_admission_ttl.0 == 0
+            || self.room_admission_ttl.0 > crate::rooms::MAX_ADMISSION_TTL_S
+        {
+            return fail(format!(
+                "--room-admission-ttl must be between 1s and {}s",
+                crate::rooms::MAX_ADMISSION_TTL_S
+            ));
+        }
+        if u32::try_from(self.room_grace.0).is_err() {
+            return fail("--room-grace is too long".into());
         }
         if self.token_secret.as_ref().is_some_and(|k| k.len() < 16) {
             return fail("--token-secret must be at least 16 bytes".into());

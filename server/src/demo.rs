@@ -7,6 +7,9 @@
 //! at `POST /demo/book`; the backend takes a place if one is left and
 //! publishes the confirmation (or rejection) to the user's private channel.
 //! `GET /demo/session` gives the page a user id and a signed token for it.
+//! With `--demo-sale-in`, the backend first makes a waiting room ("the sale
+//! opens at ..."): the page waits in it, and a booking needs an admission,
+//! which the backend checks with Surge's verify endpoint.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,18 +30,26 @@ pub const CLINICS: [(&str, &str); 3] = [
 const DATE: &str = "Saturday 28 November";
 /// How often, on average, some slot changes on its own.
 const TICK: Duration = Duration::from_millis(900);
+/// The waiting room of `--demo-sale-in`.
+pub const SALE_ROOM: &str = "demo-sale";
+/// One admission every two seconds: a line a visitor can watch move.
+const SALE_ADMIT_PER_MINUTE: u32 = 30;
 
 /// A booking request from the page.
 pub struct Booking {
     clinic: String,
     slot: String,
     user: String,
+    /// The waiting room's admission token, in sale mode.
+    admission: String,
 }
 
 /// What the public port needs from the demo.
 pub struct DemoFront {
     tx: Sender<Booking>,
     tokens: TokenKey,
+    /// Sale mode: the page waits in [`SALE_ROOM`] before the board.
+    sale: bool,
 }
 
 /// The demo's thread, for shutdown.
@@ -65,7 +76,9 @@ impl DemoFront {
             .iter()
             .map(|(id, name)| serde_json::json!({"id": id, "name": name}))
             .collect();
-        serde_json::json!({"user": user, "token": token, "clinics": clinics}).to_string()
+        let room = self.sale.then_some(SALE_ROOM);
+        serde_json::json!({"user": user, "token": token, "clinics": clinics, "room": room})
+            .to_string()
     }
 
     /// Queues a booking from `?clinic=..&slot=..&user=..`.
@@ -74,12 +87,14 @@ impl DemoFront {
             clinic: String::new(),
             slot: String::new(),
             user: String::new(),
+            admission: String::new(),
         };
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             match &*k {
                 "clinic" => booking.clinic = v.into_owned(),
                 "slot" => booking.slot = v.into_owned(),
                 "user" => booking.user = v.into_owned(),
+                "admission" => booking.admission = v.into_owned(),
                 _ => {}
             }
         }
@@ -126,6 +141,9 @@ struct Backend {
     agent: ureq::Agent,
     rng: u64,
     bookings: u64,
+    /// Sale mode: seconds from start to the room's opening.
+    sale_in: Option<u64>,
+    rooms_url: String,
 }
 
 impl Backend {
@@ -137,12 +155,49 @@ impl Backend {
         self.rng
     }
 
+    fn request(&self, method: &str, url: &str) -> ureq::Request {
+        let req = self.agent.request(method, url);
+        match &self.api_key {
+            Some(key) => req.set("Authorization", &format!("Bearer {key}")),
+            None => req,
+        }
+    }
+
+    /// Sale mode: the room, as a booking backend would make it.
+    fn open_sale(&self) {
+        let Some(sale_in) = self.sale_in else {
+            return;
+        };
+        let body = serde_json::json!({
+            "admit_per_minute": SALE_ADMIT_PER_MINUTE,
+            "opens_at": unix_now() + sale_in,
+        });
+        let url = format!("{}/{SALE_ROOM}", self.rooms_url);
+        if let Err(e) = self.request("PUT", &url).send_string(&body.to_string()) {
+            tracing::warn!(error = %e, "demo: creating the waiting room failed");
+        }
+    }
+
+    /// Sale mode: whether `admission` lets its holder book, asked of
+    /// Surge's verify endpoint as a booking backend would.
+    fn admitted(&self, admission: &str) -> bool {
+        if self.sale_in.is_none() {
+            return true;
+        }
+        let url = format!("{}/{SALE_ROOM}/verify", self.rooms_url);
+        let body = serde_json::json!({ "token": admission }).to_string();
+        let answer = self
+            .request("POST", &url)
+            .send_string(&body)
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        answer.is_some_and(|v| v["valid"] == true)
+    }
+
     fn publish(&self, channel: &str, data: &str) {
         let body = format!(r#"{{"ch":"{channel}","data":{data}}}"#);
-        let mut req = self.agent.post(&self.publish_url);
-        if let Some(key) = &self.api_key {
-            req = req.set("Authorization", &format!("Bearer {key}"));
-        }
+        let req = self.request("POST", &self.publish_url);
         if let Err(e) = req.send_string(&body) {
             tracing::debug!(error = %e, channel, "demo publish failed");
         }
@@ -172,6 +227,10 @@ impl Backend {
             return;
         };
         let clinic_name = self.clinics[c].name;
+        if !self.admitted(&b.admission) {
+            let refusal = serde_json::json!({"status": "rejected", "reason": "not admitted", "clinic": clinic_name, "slot": b.slot});
+            return self.publish(&format!("user/{}", b.user), &refusal.to_string());
+        }
         let slot = self.clinics[c].slots.iter_mut().find(|(t, _)| *t == b.slot);
         let confirmation = match slot {
             Some((_, free)) if *free > 0 => {
@@ -188,16 +247,19 @@ impl Backend {
 
 /// The page-facing half, made before the workers start (they answer
 /// `/demo/*`); its bookings queue until [`start_backend`] runs.
-pub fn front(tokens: TokenKey) -> (Arc<DemoFront>, Receiver<Booking>) {
+pub fn front(tokens: TokenKey, sale: bool) -> (Arc<DemoFront>, Receiver<Booking>) {
     let (tx, rx) = crossbeam_channel::bounded(1024);
-    (Arc::new(DemoFront { tx, tokens }), rx)
+    (Arc::new(DemoFront { tx, tokens, sale }), rx)
 }
 
-/// Starts the backend thread, publishing to `publish_addr`.
+/// Starts the backend thread, publishing to `publish_addr`; with
+/// `sale_in`, it first makes the waiting room that opens that many seconds
+/// later.
 pub fn start_backend(
     rx: Receiver<Booking>,
     publish_addr: std::net::SocketAddr,
     api_key: Option<String>,
+    sale_in: Option<u64>,
 ) -> std::io::Result<DemoBackend> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut backend = Backend {
@@ -209,6 +271,8 @@ pub fn start_backend(
             .build(),
         rng: random_u64() | 1,
         bookings: 0,
+        sale_in,
+        rooms_url: format!("http://{publish_addr}/api/rooms"),
     };
     for (id, name) in CLINICS {
         let slots = (0..16)
@@ -229,6 +293,7 @@ pub fn start_backend(
 }
 
 fn run(mut backend: Backend, rx: Receiver<Booking>, stop: Arc<AtomicBool>) {
+    backend.open_sale();
     for c in 0..backend.clinics.len() {
         backend.publish_clinic(c);
     }

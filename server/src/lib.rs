@@ -9,6 +9,7 @@
 //!   to workers.
 //! - `engine`: who numbers, keeps and spreads publications: in-process by
 //!   default, or Redis for many processes and boxes.
+//! - `rooms`: the waiting room: tickets, fair admission, pushed positions.
 //! - `api`: the publish API for the booking backend.
 //! - `admin`: health, metrics and stats on their own port.
 //! - `web`, `demo`: the embedded slot board page and `surge --demo`'s
@@ -27,6 +28,7 @@ pub mod demo;
 pub mod engine;
 pub mod http;
 pub mod limits;
+pub mod rooms;
 pub mod server;
 pub mod units;
 pub mod web;

@@ -21,6 +21,8 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::SharedEngine;
 use crate::http::{BindError, Runtime, Service};
+use crate::rooms::ticker::Ticker;
+use crate::rooms::{Defaults, Rooms};
 
 /// Why the server could not start. All are fatal at start.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,7 @@ pub struct Server {
     admin: Service,
     runtime: Runtime,
     demo: Option<DemoBackend>,
+    rooms: Ticker,
     stopping: Arc<AtomicBool>,
 }
 
@@ -117,17 +120,32 @@ impl Server {
             Some(secret) => {
                 let key = TokenKey::new(secret.as_bytes())
                     .ok_or_else(|| StartError::Config("unusable token secret".into()))?;
-                let (front, rx) = demo::front(key);
+                let (front, rx) = demo::front(key, config.demo_sale_in.is_some());
                 (Some(front), Some(rx))
             }
             None => (None, None),
         };
+        let room_key = config
+            .token_secret
+            .as_ref()
+            .and_then(|s| TokenKey::new(s.as_bytes()));
+        let room_defaults = Defaults {
+            grace_s: u32::try_from(config.room_grace.0).unwrap_or(u32::MAX),
+            admission_ttl_s: config.room_admission_ttl.0,
+        };
+        let rooms = Arc::new(Rooms::new(room_key, room_defaults, Some(broker.clone())));
+        let _ = metrics.rooms.set(rooms.clone());
+        let ticker = Ticker::spawn(rooms.clone()).map_err(|source| StartError::Worker {
+            id: usize::MAX,
+            source,
+        })?;
         let ctx = WorkerContext {
             config: config.clone(),
             metrics: metrics.clone(),
             engine: engine.clone(),
             demo: demo_front,
             addresses: Default::default(),
+            rooms: rooms.clone(),
         };
         let mut workers = Vec::with_capacity(config.workers);
         for (id, ((poll, listener), inbox)) in
@@ -148,7 +166,7 @@ impl Server {
             source,
         })?;
         let handle = runtime.handle();
-        let publish = api::spawn(&handle, &config, engine.clone(), metrics.clone())?;
+        let publish = api::spawn(&handle, &config, engine.clone(), metrics.clone(), rooms)?;
         let admin = admin::spawn(
             &handle,
             config.admin_listen,
@@ -157,12 +175,16 @@ impl Server {
         )?;
         let demo = match demo_bookings {
             Some(rx) => Some(
-                demo::start_backend(rx, publish.addr, config.api_key.clone()).map_err(
-                    |source| StartError::Worker {
-                        id: usize::MAX,
-                        source,
-                    },
-                )?,
+                demo::start_backend(
+                    rx,
+                    publish.addr,
+                    config.api_key.clone(),
+                    config.demo_sale_in.map(|s| s.0),
+                )
+                .map_err(|source| StartError::Worker {
+                    id: usize::MAX,
+                    source,
+                })?,
             ),
             None => None,
         };
@@ -188,6 +210,7 @@ impl Server {
             admin,
             runtime,
             demo,
+            rooms: ticker,
             stopping,
         })
     }
@@ -200,6 +223,7 @@ impl Server {
         if let Some(demo) = self.demo {
             demo.stop();
         }
+        self.rooms.stop();
         self.engine.shutdown();
         self.broker.shutdown();
         for worker in self.workers {

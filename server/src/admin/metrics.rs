@@ -94,6 +94,8 @@ pub struct Metrics {
     pub max_connections: usize,
     /// The engine, for its health and figures (set once at start).
     pub engine: std::sync::OnceLock<crate::engine::SharedEngine>,
+    /// The waiting rooms, for their per-room series (set once at start).
+    pub rooms: std::sync::OnceLock<std::sync::Arc<crate::rooms::Rooms>>,
 }
 
 impl Metrics {
@@ -114,6 +116,7 @@ impl Metrics {
             started: Instant::now(),
             max_connections,
             engine: std::sync::OnceLock::new(),
+            rooms: std::sync::OnceLock::new(),
         }
     }
 
@@ -372,6 +375,9 @@ impl Metrics {
             "Resident set size of the process.",
             &one(rss),
         );
+        if let Some(rooms) = self.rooms.get() {
+            rooms.prometheus(&mut out, crate::rooms::now_ms());
+        }
         out
     }
 

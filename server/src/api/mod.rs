@@ -2,5 +2,6 @@
 //! default), never on the public port.
 
 mod publish;
+pub mod rooms;
 
 pub use publish::spawn;

@@ -23,6 +23,7 @@ use crate::engine::{EngineError, Position, SharedEngine};
 use crate::http::server::BusyCounter;
 use crate::http::{answer, error, read_body, Answer, BindError, BodyError, Service};
 use crate::limits::MAX_PUBLISH_CONNECTIONS;
+use crate::rooms::Rooms;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +80,7 @@ struct Ctx {
     max_batch_body: usize,
     max_data: usize,
     max_batch: usize,
+    rooms: Arc<Rooms>,
 }
 
 /// Starts the publish API on `config.publish_listen`.
@@ -87,6 +89,7 @@ pub fn spawn(
     config: &Config,
     engine: SharedEngine,
     metrics: Arc<Metrics>,
+    rooms: Arc<Rooms>,
 ) -> Result<Service, BindError> {
     let ctx = Arc::new(Ctx {
         engine,
@@ -96,6 +99,7 @@ pub fn spawn(
         max_batch_body: config.max_batch_body.get(),
         max_data: config.max_publish_data.get(),
         max_batch: config.max_batch,
+        rooms,
     });
     fn busy(m: &Metrics) -> &AtomicU64 {
         &m.publish_busy
@@ -112,6 +116,9 @@ pub fn spawn(
 }
 
 async fn handle(ctx: Arc<Ctx>, request: Request<Incoming>) -> Answer {
+    if super::rooms::is_room_path(request.uri().path()) {
+        return handle_rooms(ctx, request).await;
+    }
     let batch = match request.uri().path() {
         "/api/publish" => false,
         "/api/batch" => true,
@@ -145,6 +152,33 @@ async fn handle(ctx: Arc<Ctx>, request: Request<Incoming>) -> Answer {
                 _ => &[],
             };
             error(e.status(), &e.to_string(), extra)
+        }
+    }
+}
+
+/// The waiting-room endpoints (`api/rooms.rs`), behind the same key. The
+/// rooms' lock may wait out a ticker pass, so the work runs on the blocking
+/// pool, as a publish does.
+async fn handle_rooms(ctx: Arc<Ctx>, request: Request<Incoming>) -> Answer {
+    if authorize(&ctx, &request).is_err() {
+        let message = PublishError::Unauthorized.to_string();
+        return error(401, &message, &[("WWW-Authenticate", "Bearer")]);
+    }
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
+    let body = match read_body(request, super::rooms::MAX_BODY).await {
+        Ok(body) => body,
+        Err(e) => {
+            let e = PublishError::Body(e);
+            return error(e.status(), &e.to_string(), &[]);
+        }
+    };
+    let work = move || super::rooms::handle(&ctx.rooms, &method, &path, &body);
+    match tokio::task::spawn_blocking(work).await {
+        Ok((status, body)) => answer(status, "application/json", body, &[]),
+        Err(e) => {
+            tracing::error!(error = %e, "a room request failed");
+            error(500, "the room request failed inside the server", &[])
         }
     }
 }

@@ -44,6 +44,10 @@ pub enum Command {
     Unavailable {
         channel: Arc<str>,
     },
+    /// Waiting-room frames for connections of this worker, by slab token
+    /// and connection generation (see `rooms/`): one command per worker per
+    /// rooms tick.
+    Room(Vec<(u32, u16, Bytes)>),
     /// Stop accepting, close everyone with 1001, exit.
     Shutdown,
 }
@@ -133,6 +137,25 @@ impl Broker {
                 tracing::error!(%channel, "a worker queue stayed full; its waiting subscribers keep waiting");
             }
         }
+    }
+
+    /// Queues waiting-room frames for one worker and wakes it. Waits for
+    /// room as a shutdown does: an admission must not be lost.
+    pub fn send_room(&self, worker: usize, frames: Vec<(u32, u16, Bytes)>) {
+        let Some(outlet) = self.outlets.get(worker) else {
+            return;
+        };
+        if outlet
+            .tx
+            .send_timeout(Command::Room(frames), SEND_TIMEOUT)
+            .is_err()
+        {
+            tracing::error!(
+                worker,
+                "a worker queue stayed full; waiting-room frames lost for it"
+            );
+        }
+        Self::wake(outlet);
     }
 
     /// Wakes every worker that is not already awake.

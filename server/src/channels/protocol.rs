@@ -29,6 +29,13 @@ pub enum Command<'a> {
         #[serde(borrow)]
         token: std::borrow::Cow<'a, str>,
     },
+    /// Join a waiting room, or resume a place with its ticket (`rooms/`).
+    Join {
+        #[serde(borrow)]
+        room: std::borrow::Cow<'a, str>,
+        #[serde(default, borrow)]
+        ticket: Option<std::borrow::Cow<'a, str>>,
+    },
 }
 
 /// `"since":{"epoch":"E","off":N}` in a subscribe command.
@@ -56,6 +63,15 @@ pub enum ErrorCode {
     TokenExpired,
     /// The engine could not load the channel (Redis unreachable): retry.
     Unavailable,
+    /// No waiting room of that name.
+    UnknownRoom,
+    /// The waiting room was closed by the booking backend.
+    RoomClosed,
+    /// A ticket that is forged, altered, or for another room.
+    BadTicket,
+    /// A genuine ticket whose place is gone: admitted long ago, or its
+    /// holder was away longer than the grace period. Join afresh.
+    TicketExpired,
 }
 
 impl ErrorCode {
@@ -67,6 +83,10 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::UnknownRoom => "unknown_room",
+            ErrorCode::RoomClosed => "room_closed",
+            ErrorCode::BadTicket => "bad_ticket",
+            ErrorCode::TicketExpired => "ticket_expired",
         }
     }
 }
@@ -141,6 +161,10 @@ mod tests {
         ));
         let c = parse_command(r#"{"ch":"a/b","op":"unsub"}"#);
         assert!(matches!(c, Ok(Command::Unsub { ch }) if ch == "a/b"));
+        let c = parse_command(r#"{"op":"join","room":"sale","ticket":"T"}"#);
+        assert!(
+            matches!(c, Ok(Command::Join { room, ticket: Some(t) }) if room == "sale" && t == "T")
+        );
         assert!(parse_command(r#"{"op":"pub","ch":"a"}"#).is_err());
         assert!(parse_command("not json").is_err());
     }

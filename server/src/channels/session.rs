@@ -104,6 +104,9 @@ impl Worker {
                 self.send_text(token, reply);
             }
             Ok(Command::Refresh { ch, token: auth }) => self.refresh(token, &ch, &auth),
+            Ok(Command::Join { room, ticket }) => {
+                self.join_room(token, &room, ticket.as_deref());
+            }
             Err(reason) => {
                 let reply = protocol::error(None, ErrorCode::BadRequest, &reason);
                 self.send_text(token, reply);

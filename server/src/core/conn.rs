@@ -52,6 +52,10 @@ pub mod flag {
     /// Refused at accept and held only to deliver its 503: counted in the
     /// worker's shedding budget, not in the socket or per-address counts.
     pub const SHED: u8 = 1 << 6;
+    /// The connection joined a waiting room: the rooms must hear when it
+    /// closes (see `rooms/`). A bit here instead of a field keeps `Conn`
+    /// at 48 bytes.
+    pub const IN_ROOM: u8 = 1 << 7;
 }
 
 /// One connection in a worker's slab. Cost at 1M idle connections: socket 4 MB,

@@ -31,6 +31,7 @@ use crate::core::timer::TimerWheel;
 use crate::core::write::{write_or_queue, SendError};
 use crate::demo::DemoFront;
 use crate::engine::SharedEngine;
+use crate::rooms::Rooms;
 use crate::wire::close;
 use crate::wire::frame::{encode_frame, OpCode};
 use crate::wire::handshake::HandshakeError;
@@ -66,6 +67,7 @@ pub struct WorkerContext {
     pub demo: Option<Arc<DemoFront>>,
     /// Connections per source address, across workers.
     pub addresses: Arc<AddressCounts>,
+    pub rooms: Arc<Rooms>,
 }
 
 pub struct Worker {
@@ -82,6 +84,7 @@ pub struct Worker {
     pub(crate) engine: SharedEngine,
     pub(crate) demo: Option<Arc<DemoFront>>,
     pub(crate) tokens: Option<TokenKey>,
+    pub(crate) rooms: Arc<Rooms>,
     /// Sequence number of the last publication dequeued: history entries up
     /// to it will not come through the queue again (see `engine/log.rs`).
     pub(crate) passed_seq: u64,
@@ -131,6 +134,7 @@ impl Worker {
             engine,
             demo,
             addresses,
+            rooms,
         } = ctx;
         let start_seq = engine.start_seq();
         poll.registry()
@@ -156,6 +160,7 @@ impl Worker {
             engine,
             demo,
             tokens,
+            rooms,
             passed_seq: start_seq,
             now: 0,
             epoch: Instant::now(),
@@ -274,6 +279,7 @@ impl Worker {
                     batch.clear();
                     self.on_channel_unavailable(&channel);
                 }
+                Command::Room(frames) => self.on_room_frames(frames),
                 Command::Shutdown => {
                     self.fan_out(&batch);
                     batch.clear();

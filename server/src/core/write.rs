@@ -298,6 +298,7 @@ impl Worker {
     /// `Closing`.
     pub(super) fn finish_with(&mut self, token: usize, last: Bytes) {
         self.index.unsubscribe_all(&mut self.conns, token as u32);
+        self.leave_rooms(token);
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
@@ -345,6 +346,7 @@ impl Worker {
             self.stats().count_close(close::ABNORMAL);
         }
         self.index.unsubscribe_all(&mut self.conns, token as u32);
+        self.leave_rooms(token);
         self.uncount(token);
         if let Some(conn) = self.conns.try_remove(token) {
             if conn.has(flag::SHED) {

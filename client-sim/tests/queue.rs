@@ -1,0 +1,60 @@
+//! client-sim's `queue` scenario against a real Surge on loopback, small N:
+//! everyone is admitted, in fair order, once, and the report says so.
+
+use std::process::Command;
+
+use serde_json::Value;
+use surge::{Config, Server};
+
+const BIN: &str = env!("CARGO_BIN_EXE_client-sim");
+
+fn server() -> Server {
+    let mut args = vec!["surge"];
+    args.extend_from_slice(&surge::config::EPHEMERAL_LOOPBACK);
+    args.extend_from_slice(&[
+        "--workers",
+        "2",
+        "--log",
+        "warn",
+        "--token-secret",
+        "client-sim-queue-secret-0123",
+        "--shutdown-timeout",
+        "1s",
+    ]);
+    Server::start(Config::load_from(args).expect("config")).expect("server starts")
+}
+
+#[test]
+fn queue_scenario_admits_everyone_once_in_fair_order_and_reports_it() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("queue.json");
+    let out = Command::new(BIN)
+        .arg("queue")
+        .args(["--url", &format!("ws://{}/ws", server.public_addr)])
+        .args(["--api", &format!("http://{}", server.publish_addr)])
+        .args(["--admin", &format!("http://{}", server.admin_addr)])
+        .args(["--users", "300", "--admit-per-minute", "30000"])
+        .args(["--opens-in", "2", "--rejoin", "0.2"])
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .expect("client-sim runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for (field, expected) in [
+        ("users", 300),
+        ("admitted", 300),
+        ("order_violations", 0),
+        ("duplicates", 0),
+        ("tickets_lost_on_rejoin", 0),
+        ("position_rises", 0),
+        ("failed", 0),
+    ] {
+        assert_eq!(report[field], expected, "{field} in {report}");
+    }
+    assert!(report["achieved_per_minute"].as_f64().unwrap() > 0.0);
+    assert!(stdout.contains("order violations"), "{stdout}");
+    server.shutdown();
+}

@@ -1,0 +1,235 @@
+//! The demo's "sale opens at" mode (`--demo-sale-in`) in a real headless
+//! Chromium: the page waits in the room, sees its position, reloads and
+//! keeps its ticket and place, is admitted, and books with its admission
+//! (which the demo backend verifies with Surge). Others in line are
+//! tokio-tungstenite browsers. A screenshot of the waiting room is saved to
+//! target/browser-test/room.png.
+//!
+//! Needs Debian's chromium and chromium-driver (.ci/run installs them);
+//! skipped with a message elsewhere.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_surge");
+const SECRET: &str = "browser-room-shared-secret-01";
+/// Bound on every wait; polls, never sleeps-and-hopes.
+const WAIT: Duration = Duration::from_secs(40);
+const TICKET_KEY: &str = "surge.ticket.demo-sale";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process killed when dropped (the server, chromedriver).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn attr(c: &Client, css: &str, name: &str) -> Option<String> {
+    c.find(Locator::Css(css))
+        .await
+        .ok()?
+        .attr(name)
+        .await
+        .ok()?
+}
+
+async fn stored_ticket(c: &Client) -> Option<String> {
+    let v = c
+        .execute(
+            "return sessionStorage.getItem(arguments[0])",
+            vec![serde_json::json!(TICKET_KEY)],
+        )
+        .await
+        .ok()?;
+    v.as_str().map(str::to_string)
+}
+
+/// Someone else in line: joins and stays connected.
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn another_browser(port: u16) -> Ws {
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let join = r#"{"op":"join","room":"demo-sale"}"#;
+    ws.send(Message::Text(join.into())).await.expect("join");
+    let reply = ws.next().await.expect("reply").expect("frame");
+    assert!(reply.to_string().contains("queued"), "{reply}");
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_sale_waits_in_line_keeps_the_place_on_reload_then_books() {
+    let (chromium, chromedriver) = (
+        Path::new("/usr/bin/chromium"),
+        Path::new("/usr/bin/chromedriver"),
+    );
+    if !chromium.exists() || !chromedriver.exists() {
+        println!("skipped: install Debian's chromium and chromium-driver to run the browser test");
+        return;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["--demo", "--demo-sale-in", "2s", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "--publish-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--token-secret", SECRET, "--log", "warn"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("surge starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address line");
+    let _server = Killed(child);
+    let driver_port = free_port();
+    let _driver = Killed(
+        Command::new(chromedriver)
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver"),
+    );
+    let profile = std::env::temp_dir().join(format!("surge-room-{}", std::process::id()));
+    let caps = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                     "--disable-background-networking", "--window-size=1000,900",
+                     format!("--user-data-dir={}", profile.display())]
+        }
+    });
+    let caps = caps.as_object().cloned().expect("capabilities object");
+    let c = eventually("chromedriver", || {
+        let caps = caps.clone();
+        async move {
+            ClientBuilder::rustls()
+                .ok()?
+                .capabilities(caps)
+                .connect(&format!("http://127.0.0.1:{driver_port}"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+
+    // After the opening, three others join first: the page is behind them
+    // (30 admissions a minute, one every two seconds).
+    let page = format!("http://127.0.0.1:{port}/");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(another_browser(port).await);
+    }
+    c.goto(&page).await.expect("page loads");
+    let first: u64 = eventually("a position in line", || async {
+        attr(&c, "#room", "data-position").await?.parse().ok()
+    })
+    .await;
+    assert!(first >= 1, "{first}");
+    let ticket = stored_ticket(&c).await.expect("the ticket is kept");
+    assert!(
+        c.find(Locator::Css("#board"))
+            .await
+            .expect("board")
+            .is_displayed()
+            .await
+            .ok()
+            == Some(false),
+        "the board waits behind the room"
+    );
+    let png = c.screenshot().await.expect("screenshot");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-test");
+    std::fs::create_dir_all(&dir).expect("artifact dir");
+    std::fs::write(dir.join("room.png"), png).expect("screenshot saved");
+
+    // A reload keeps the ticket, and the place: never further back.
+    c.goto(&page).await.expect("reload");
+    let again = eventually("the position after the reload", || async {
+        if attr(&c, "#room", "data-admitted").await.as_deref() == Some("true") {
+            return Some(0);
+        }
+        attr(&c, "#room", "data-position")
+            .await?
+            .parse::<u64>()
+            .ok()
+    })
+    .await;
+    assert!(again <= first, "position {again} after reload, was {first}");
+    assert_eq!(stored_ticket(&c).await.as_deref(), Some(ticket.as_str()));
+
+    // Admitted: the board appears, and a booking with the admission is confirmed.
+    eventually("admission", || async {
+        attr(&c, "#room", "data-admitted")
+            .await
+            .filter(|a| a == "true")
+    })
+    .await;
+    let open = eventually("a slot with free places", || async {
+        let slots = c
+            .find_all(Locator::Css(".slot"))
+            .await
+            .ok()
+            .filter(|s| s.len() == 16)?;
+        for el in slots {
+            let free: u32 = el.attr("data-free").await.ok()??.parse().ok()?;
+            if free >= 2 {
+                return Some(el);
+            }
+        }
+        None
+    })
+    .await;
+    open.click().await.expect("click a slot");
+    let kind = eventually("the booking banner", || async {
+        attr(&c, "#banner", "data-kind")
+            .await
+            .filter(|k| k == "confirmed" || k == "rejected")
+    })
+    .await;
+    assert_eq!(kind, "confirmed", "an admitted visitor books");
+    drop(others);
+    c.close().await.expect("close browser");
+    let _ = std::fs::remove_dir_all(profile);
+}
