@@ -18,8 +18,10 @@ use std::process::{Child, Command, Stdio};
 use clap::Parser;
 use serde_json::{json, Value};
 
+mod cluster;
 mod engines;
 mod floor_gap;
+mod million;
 
 #[derive(Parser)]
 #[command(name = "benches")]
@@ -37,6 +39,10 @@ enum Cmd {
     Engines(engines::EngineOpts),
     /// Server CPU per delivery and per handshake next to the kernel's floor, pinned.
     FloorGap(floor_gap::Opts),
+    /// A million connections on this box: Surge nodes joined through Redis
+    /// on one shared port, client-sim over many processes and source
+    /// addresses (see docs/benchmarks.md).
+    Million(million::Opts),
 }
 
 #[derive(clap::Args, Clone)]
@@ -425,6 +431,7 @@ fn main() -> std::process::ExitCode {
         Cmd::All(o) => all(&o),
         Cmd::Engines(o) => engines::run(&o),
         Cmd::FloorGap(o) => floor_gap::run(&o),
+        Cmd::Million(o) => return million::main(&o, &root()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

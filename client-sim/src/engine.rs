@@ -78,6 +78,17 @@ pub struct WorkerSpec {
     pub token_secret: Option<String>,
     /// Prefix of each client's own second channel (`user/`), if any.
     pub own_channel: Option<String>,
+    /// A connection the server closes comes back (full jitter) and
+    /// recovers with `since`, as a browser does when its node dies.
+    #[serde(default)]
+    pub reconnect_on_close: bool,
+    /// Confirmations each user channel should get (confirm's `--rounds`).
+    #[serde(default = "one")]
+    pub expect_confirms: u8,
+}
+
+fn one() -> u8 {
+    1
 }
 
 /// Commands from the parent, one per stdin line.
@@ -307,8 +318,11 @@ impl Engine {
                     Command::Storm { fraction, policy } => self.storm(fraction, policy),
                     Command::Report => emit(&Event::Report {
                         deliveries: self.stats.deliveries,
-                        confirm_once: self.clients.iter().filter(|(_, c)| c.confirms == 1).count()
-                            as u64,
+                        confirm_once: self
+                            .clients
+                            .iter()
+                            .filter(|(_, c)| c.confirms == self.spec.expect_confirms)
+                            .count() as u64,
                         open: self.open_count(),
                     }),
                     Command::Finish => {
@@ -700,9 +714,23 @@ impl Engine {
 
     fn closed_by_server(&mut self, token: usize, code: u16) {
         self.drop_socket(token);
+        let now = self.now_ms();
         if let Some(client) = self.clients.get_mut(token) {
             if client.state == State::Open {
                 *self.stats.closes.entry(code).or_default() += 1;
+                if self.spec.reconnect_on_close {
+                    // Its node is gone: come back like a browser, through the
+                    // shared port to whichever node takes it, after a jittered
+                    // delay so the survivors are not hit all at once.
+                    client.state = State::Waiting;
+                    client.reconnecting = true;
+                    client.attempt = 0;
+                    self.stats.storm.dropped += 1;
+                    self.storm_pending += 1;
+                    let at = now + Policy::FullJitter.delay_ms(0, &mut self.rng);
+                    self.timers.push(Reverse((at, token)));
+                    return;
+                }
             }
             if client.state == State::Handshake {
                 return self.fail(token, "closed during handshake");
@@ -771,12 +799,17 @@ impl Engine {
     }
 
     fn finish(&mut self) {
+        let want = self.spec.expect_confirms;
         for (_, c) in self.clients.iter() {
-            match c.confirms {
-                0 => self.stats.confirm_missing += 1,
-                1 => self.stats.confirm_once += 1,
-                _ => self.stats.confirm_duplicate += 1,
+            match c.confirms.cmp(&want) {
+                std::cmp::Ordering::Less => {
+                    self.stats.confirm_missing += 1;
+                    self.stats.confirm_lost += u64::from(want - c.confirms);
+                }
+                std::cmp::Ordering::Equal => self.stats.confirm_once += 1,
+                std::cmp::Ordering::Greater => self.stats.confirm_duplicate += 1,
             }
+            self.stats.confirm_received += u64::from(c.confirms);
         }
         self.stats.connect_us = stats::encode(&self.connect_hist);
         self.stats.delivery_us = stats::encode(&self.delivery_hist);

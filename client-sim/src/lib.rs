@@ -2,15 +2,19 @@
 //! planner can measure before the surge instead of during it.
 //!
 //! - `engine`: one worker process's mio loop over simulated browsers.
-//! - `orchestrate`: the parent: processes, scenarios, publishing, merging.
+//! - `orchestrate`: the parent: processes, scenarios, merging.
+//! - `publisher`: publishing to one node or several; `confirm`: the
+//!   confirm scenario, with a node killed on the way.
 //! - `stats`, `report`: measurements, the table, JSON and HTML.
 //! - `plan`: boxes needed, from a report.
 //! - `queue`: the waiting-room scenario (tokio-tungstenite browsers).
 //! - `srcips`, `sys`: source addresses and the system calls beneath.
 
+pub mod confirm;
 pub mod engine;
 pub mod orchestrate;
 pub mod plan;
+pub mod publisher;
 pub mod queue;
 pub mod report;
 pub mod srcips;

@@ -5,6 +5,7 @@ use std::io::BufRead;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use client_sim::confirm::ConfirmOpts;
 use client_sim::engine::{Command, Engine, Policy, WorkerSpec};
 use client_sim::orchestrate::{self, Common, Scenario};
 use client_sim::plan::{self, PlanArgs};
@@ -38,11 +39,16 @@ enum Cmd {
         /// Publications per request (1: POST /api/publish; more: /api/batch).
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Then publish once to this many user/ID channels (spread over the ids).
+        #[arg(long, default_value_t = 0)]
+        private_sample: u64,
     },
-    /// Publish one booking confirmation per user channel and check each arrives exactly once.
+    /// Publish booking confirmations to every user channel (--rounds), optionally killing a node on the way, and check each arrives exactly once.
     Confirm {
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        opts: ConfirmOpts,
     },
     /// Publish to every clinic, hold, drop a share of connections at once and reconnect them with a policy while publishing goes on; each must recover what it missed.
     Storm {
@@ -93,15 +99,17 @@ fn main() -> ExitCode {
             publications,
             pub_rate,
             batch,
+            private_sample,
         } => scenario(
             &common,
             Scenario::Fanout {
                 publications,
                 pub_rate,
                 batch,
+                private_sample,
             },
         ),
-        Cmd::Confirm { common } => scenario(&common, Scenario::Confirm),
+        Cmd::Confirm { common, opts } => scenario(&common, Scenario::Confirm(opts)),
         Cmd::Storm {
             common,
             fraction,

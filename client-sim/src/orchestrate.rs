@@ -13,7 +13,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::{Command, Event, Policy, WorkerSpec};
-use crate::report::{Report, ServerUsage};
+use crate::publisher::Publisher;
+use crate::report::{KernelUsage, Report, ServerUsage};
 use crate::stats::Stats;
 use crate::{srcips, sys};
 
@@ -33,9 +34,14 @@ pub struct Common {
     /// WebSocket URL of the server.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
-    /// Base URL of the publish API.
-    #[arg(long, default_value = "http://127.0.0.1:8081")]
-    pub publish: String,
+    /// Base URL of the publish API; several nodes' APIs comma-separated,
+    /// used in turn (a node that refuses connections is skipped).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8081")]
+    pub publish: Vec<String>,
+    /// Send every publication to every --publish node: for nodes that share
+    /// no engine, so each needs its own copy.
+    #[arg(long)]
+    pub publish_each: bool,
     /// Connections to open.
     #[arg(long, default_value_t = 1000)]
     pub conns: u64,
@@ -70,9 +76,14 @@ pub struct Common {
     #[arg(long, env = "SURGE_API_KEY", hide_env_values = true)]
     #[serde(skip)]
     pub api_key: Option<String>,
-    /// PID of the server, to report its memory and CPU.
+    /// PID of the server, to report its memory and CPU; several nodes'
+    /// PIDs comma-separated are summed.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// PID of the redis-server the nodes share, to report its memory and
+    /// CPU separately from theirs.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub redis_pid: Option<u32>,
     /// The server's /stats URL, to report its memory when the PID is elsewhere.
     #[arg(long)]
     pub server_stats: Option<String>,
@@ -99,8 +110,10 @@ pub enum Scenario {
         publications: u64,
         pub_rate: f64,
         batch: usize,
+        /// User channels that also get one publication each, after the clinics.
+        private_sample: u64,
     },
-    Confirm,
+    Confirm(crate::confirm::ConfirmOpts),
     Storm {
         fraction: f64,
         policy: Policy,
@@ -112,18 +125,18 @@ impl Scenario {
         match self {
             Scenario::Idle => "idle",
             Scenario::Fanout { .. } => "fanout",
-            Scenario::Confirm => "confirm",
+            Scenario::Confirm(_) => "confirm",
             Scenario::Storm { .. } => "storm",
         }
     }
 }
 
-struct Worker {
+pub(crate) struct Worker {
     child: Child,
     stdin: ChildStdin,
 }
 
-fn send(workers: &mut [Worker], cmd: &Command) {
+pub(crate) fn send(workers: &mut [Worker], cmd: &Command) {
     let line = serde_json::to_string(cmd).unwrap_or_default();
     for w in workers.iter_mut() {
         let _ = writeln!(w.stdin, "{line}");
@@ -146,16 +159,26 @@ fn resolve(url: &str) -> Result<(SocketAddr, String, String), String> {
     Ok((addr, host.to_string(), path))
 }
 
-fn unix_us() -> u64 {
+pub(crate) fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Server memory (and CPU when the PID is known) right now.
+/// Memory and CPU of `pids` together; a process that is gone (a killed
+/// node) counts nothing.
+fn usage(pids: &[u32]) -> Option<(u64, Option<f64>)> {
+    let found: Vec<(u64, f64)> = pids.iter().filter_map(|p| sys::process_usage(*p)).collect();
+    (!found.is_empty()).then(|| {
+        let rss = found.iter().map(|(r, _)| r).sum();
+        (rss, Some(found.iter().map(|(_, c)| c).sum()))
+    })
+}
+
+/// Server memory (and CPU when the PIDs are known) right now.
 fn server_sample(common: &Common) -> Option<(u64, Option<f64>)> {
-    if let Some(pid) = common.server_pid {
-        return sys::process_usage(pid).map(|(rss, cpu)| (rss, Some(cpu)));
+    if !common.server_pid.is_empty() {
+        return usage(&common.server_pid);
     }
     let url = common.server_stats.as_ref()?;
     let body = ureq::get(url)
@@ -170,7 +193,7 @@ fn server_sample(common: &Common) -> Option<(u64, Option<f64>)> {
 
 /// Runs a scenario end to end and returns its report.
 pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
-    if matches!(scenario, Scenario::Confirm) && common.token_secret.is_none() {
+    if matches!(scenario, Scenario::Confirm(_)) && common.token_secret.is_none() {
         return Err(
             "confirm needs --token-secret: confirmations go to private user/ID channels".into(),
         );
@@ -196,7 +219,15 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
     let (tx, rx) = crossbeam_channel::bounded::<(usize, Event)>(65_536);
     let mut workers = Vec::with_capacity(procs);
     let mut first_uid = 0;
+    let mut publisher =
+        Publisher::new(&common.publish, common.publish_each, common.api_key.clone())?;
+    let (expect_confirms, reconnect_on_close) = match scenario {
+        Scenario::Confirm(c) => (c.rounds.max(1), c.kill_pid.is_some()),
+        _ => (1, false),
+    };
     let before = server_sample(common);
+    let redis_before = common.redis_pid.and_then(|p| usage(&[p]));
+    let slab_before = slab_kib();
     let started = Instant::now();
     for i in 0..procs {
         let share =
@@ -226,6 +257,8 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
                 .own_channel
                 .clone()
                 .or_else(|| common.token_secret.as_ref().map(|_| "user/".to_string())),
+            reconnect_on_close,
+            expect_confirms,
         };
         first_uid += share;
         let spec = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
@@ -300,20 +333,29 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
     bar.finish_and_clear();
     let ramp_secs = started.elapsed().as_secs_f64();
     let after_ramp = server_sample(common);
+    let redis_after_ramp = common.redis_pid.and_then(|p| usage(&[p]));
+    let slab_after_ramp = slab_kib();
 
     // Scenario.
     let mut publications = 0;
     let mut expected = 0;
     let mut sent_us: BTreeMap<u64, u64> = BTreeMap::new();
     let mut cpu_during = None;
+    let mut redis_cpu_during = None;
+    let mut confirm_outcome = None;
     match scenario {
         Scenario::Idle => std::thread::sleep(Duration::from_secs(common.hold)),
         Scenario::Fanout {
             publications: n,
             pub_rate,
             batch,
+            private_sample,
         } => {
             let cpu_before = server_sample(common).and_then(|(_, c)| c);
+            let redis_cpu_before = common
+                .redis_pid
+                .and_then(|p| usage(&[p]))
+                .and_then(|(_, c)| c);
             let clinics = common.clinics.max(1);
             let items: Vec<(u64, String, u32)> = (0..*n)
                 .map(|id| {
@@ -330,7 +372,7 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
                     .iter()
                     .map(|(id, ch, _)| format!(r#"{{"ch":"{ch}","data":{{"id":{id},"ts":{ts},"slots":[{{"t":"09:00","free":3}}]}}}}"#))
                     .collect();
-                publish(common, &body, *batch > 1)?;
+                publisher.send(&body, *batch > 1)?;
                 for (id, _, clinic) in chunk {
                     sent_us.insert(*id, ts);
                     expected += clinic_subs.get(clinic).copied().unwrap_or(0);
@@ -340,31 +382,31 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
                     chunk.len() as f64 / pub_rate.max(0.001),
                 ));
             }
+            let (items, sample) = private_sample_items(common.conns, *private_sample);
+            for chunk in items.chunks(PUBLISH_CHUNK) {
+                publisher.send(chunk, true)?;
+            }
+            publications += sample;
+            expected += sample;
             wait_for(&mut workers, &rx, deadline(common.timeout), |d, _| {
                 d >= expected
             })?;
             let cpu_after = server_sample(common).and_then(|(_, c)| c);
             cpu_during = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
+            let redis_cpu_after = common
+                .redis_pid
+                .and_then(|p| usage(&[p]))
+                .and_then(|(_, c)| c);
+            redis_cpu_during = redis_cpu_before.zip(redis_cpu_after).map(|(a, b)| b - a);
             std::thread::sleep(Duration::from_secs(common.hold));
         }
-        Scenario::Confirm => {
+        Scenario::Confirm(opts) => {
             let total: u64 = connected.iter().sum();
-            let ts = unix_us();
-            let ids: Vec<u64> = (0..common.conns).collect();
-            for chunk in ids.chunks(5000) {
-                let body: Vec<String> = chunk
-                    .iter()
-                    .map(|uid| {
-                        format!(r#"{{"ch":"user/{uid}","data":{{"booking":"B-{uid}","ts":{ts}}}}}"#)
-                    })
-                    .collect();
-                publish(common, &body, true)?;
-                publications += chunk.len() as u64;
-            }
-            expected = total;
-            wait_for(&mut workers, &rx, deadline(common.timeout), |_, once| {
-                once >= total
-            })?;
+            let outcome =
+                crate::confirm::run(opts, common, &mut publisher, &mut workers, &rx, total)?;
+            publications = outcome.published;
+            expected = outcome.published;
+            confirm_outcome = Some(outcome);
         }
         Scenario::Storm { fraction, policy } => {
             // One publication to every clinic before the storm, rounds of
@@ -437,20 +479,48 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
     for w in workers.iter_mut() {
         let _ = w.child.wait();
     }
-    let server = before.map(|(rss_before, cpu_before)| {
-        let rss_after_ramp = after_ramp.map_or(0, |(r, _)| r);
-        ServerUsage {
-            pid: common.server_pid,
-            rss_before,
-            rss_after_ramp,
-            rss_end: end.map_or(0, |(r, _)| r),
-            bytes_per_connection: (rss_after_ramp.saturating_sub(rss_before)) as f64
-                / stats.connected.max(1) as f64,
-            cpu_seconds_total: cpu_before.zip(end.and_then(|(_, c)| c)).map(|(a, b)| b - a),
-            cpu_seconds_fanout: cpu_during,
-        }
+    let connected_total = stats.connected;
+    let usage_of = |pids: Vec<u32>,
+                    before: Option<(u64, Option<f64>)>,
+                    after_ramp: Option<(u64, Option<f64>)>,
+                    end: Option<(u64, Option<f64>)>,
+                    during: Option<f64>| {
+        before.map(|(rss_before, cpu_before)| {
+            let rss_after_ramp = after_ramp.map_or(0, |(r, _)| r);
+            ServerUsage {
+                pids,
+                rss_before,
+                rss_after_ramp,
+                rss_end: end.map_or(0, |(r, _)| r),
+                bytes_per_connection: (rss_after_ramp.saturating_sub(rss_before)) as f64
+                    / connected_total.max(1) as f64,
+                cpu_seconds_total: cpu_before.zip(end.and_then(|(_, c)| c)).map(|(a, b)| b - a),
+                cpu_seconds_fanout: during,
+            }
+        })
+    };
+    let server = usage_of(
+        common.server_pid.clone(),
+        before,
+        after_ramp,
+        end,
+        cpu_during,
+    );
+    let redis = common.redis_pid.and_then(|pid| {
+        usage_of(
+            vec![pid],
+            redis_before,
+            redis_after_ramp,
+            usage(&[pid]),
+            redis_cpu_during,
+        )
     });
-    Ok(Report::build(
+    let kernel = slab_before.zip(slab_after_ramp).map(|(b, a)| KernelUsage {
+        slab_before_kib: b,
+        slab_after_ramp_kib: a,
+        bytes_per_connection: a.saturating_sub(b) as f64 * 1024.0 / connected_total.max(1) as f64,
+    });
+    let mut report = Report::build(
         common,
         scenario,
         procs,
@@ -460,10 +530,42 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
         &sent_us,
         stats,
         server,
-    ))
+    );
+    report.redis = redis;
+    report.kernel = kernel;
+    if let Some(outcome) = confirm_outcome {
+        report.confirm.apply(&outcome);
+    }
+    Ok(report)
 }
 
-fn recv_until(rx: &Receiver<(usize, Event)>, until: Instant) -> Result<(usize, Event), String> {
+/// Publications per batch request when the scenario sends thousands at
+/// once: well under the server's default --max-batch of 10,000.
+pub(crate) const PUBLISH_CHUNK: usize = 5000;
+
+/// One publication to each of `sample` user channels spread evenly over
+/// the `conns` user ids, and how many that is.
+fn private_sample_items(conns: u64, sample: u64) -> (Vec<String>, u64) {
+    let sample = sample.min(conns);
+    let ts = unix_us();
+    let items = (0..sample)
+        .map(|i| {
+            let uid = i * conns / sample.max(1);
+            format!(r#"{{"ch":"user/{uid}","data":{{"booking":"S-{uid}","ts":{ts}}}}}"#)
+        })
+        .collect();
+    (items, sample)
+}
+
+/// The machine's slab memory (KiB), where the kernel keeps sockets.
+fn slab_kib() -> Option<u64> {
+    kernel_tuning::measure::meminfo_kib("Slab").ok()
+}
+
+pub(crate) fn recv_until(
+    rx: &Receiver<(usize, Event)>,
+    until: Instant,
+) -> Result<(usize, Event), String> {
     match rx.recv_deadline(until) {
         Ok(ev) => Ok(ev),
         Err(RecvTimeoutError::Timeout) => Err("timed out waiting for the worker processes".into()),
@@ -472,7 +574,7 @@ fn recv_until(rx: &Receiver<(usize, Event)>, until: Instant) -> Result<(usize, E
 }
 
 /// Polls the workers until `done(deliveries, confirmed_once)` or the deadline.
-fn wait_for(
+pub(crate) fn wait_for(
     workers: &mut [Worker],
     rx: &Receiver<(usize, Event)>,
     until: Instant,
@@ -508,29 +610,4 @@ fn wait_for(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn publish(common: &Common, items: &[String], batch: bool) -> Result<(), String> {
-    let base = common.publish.trim_end_matches('/');
-    let (url, body) = if batch {
-        (
-            format!("{base}/api/batch"),
-            format!("[{}]", items.join(",")),
-        )
-    } else {
-        (
-            format!("{base}/api/publish"),
-            items.first().cloned().unwrap_or_default(),
-        )
-    };
-    let bodies = if batch { vec![body] } else { items.to_vec() };
-    for body in bodies {
-        let mut req = ureq::post(&url).timeout(Duration::from_secs(30));
-        if let Some(key) = &common.api_key {
-            req = req.set("Authorization", &format!("Bearer {key}"));
-        }
-        req.send_string(&body)
-            .map_err(|e| format!("publish to {url}: {e}"))?;
-    }
-    Ok(())
 }

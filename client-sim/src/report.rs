@@ -50,7 +50,8 @@ impl Percentiles {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ServerUsage {
-    pub pid: Option<u32>,
+    /// The processes summed (one per node).
+    pub pids: Vec<u32>,
     pub rss_before: u64,
     pub rss_after_ramp: u64,
     pub rss_end: u64,
@@ -61,11 +62,44 @@ pub struct ServerUsage {
     pub cpu_seconds_fanout: Option<f64>,
 }
 
+/// Kernel memory for the connections: growth of /proc/meminfo's `Slab`
+/// over the ramp. Machine-wide, so on loopback it holds both ends of every
+/// connection (the client's socket and the server's).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct KernelUsage {
+    pub slab_before_kib: u64,
+    pub slab_after_ramp_kib: u64,
+    pub bytes_per_connection: f64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Confirm {
+    /// Connections that got exactly the rounds published / fewer / more.
     pub once: u64,
     pub missing: u64,
     pub duplicate: u64,
+    pub rounds: u8,
+    /// Confirmations the publish API accepted.
+    pub published: u64,
+    /// Confirmations received (each offset once).
+    pub received: u64,
+    /// Confirmations connected users never got.
+    pub lost: u64,
+    /// Confirmations received more than once (same offset again).
+    pub duplicated: u64,
+    pub killed_pid: Option<u32>,
+    pub killed_after_round: Option<u8>,
+}
+
+impl Confirm {
+    /// Adds what the scenario did to what the workers counted.
+    pub fn apply(&mut self, outcome: &crate::confirm::Outcome) {
+        self.rounds = outcome.rounds;
+        self.published = outcome.published;
+        self.killed_pid = outcome.killed_pid;
+        self.killed_after_round = outcome.killed_after_round;
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -99,6 +133,9 @@ pub struct Report {
     pub confirm: Confirm,
     pub storm: Option<Storm>,
     pub server: Option<ServerUsage>,
+    /// The redis-server shared by the nodes (--redis-pid).
+    pub redis: Option<ServerUsage>,
+    pub kernel: Option<KernelUsage>,
     /// CPU microseconds the server spent per delivery (fanout, with --server-pid).
     pub server_cpu_us_per_delivery: Option<f64>,
     pub timeline: Vec<(u64, u64)>,
@@ -172,9 +209,19 @@ impl Report {
                 once: stats.confirm_once,
                 missing: stats.confirm_missing,
                 duplicate: stats.confirm_duplicate,
+                received: stats.confirm_received,
+                lost: stats.confirm_lost,
+                duplicated: stats.duplicates,
+                ..Confirm::default()
             },
-            storm: matches!(scenario, Scenario::Storm { .. }).then(|| stats.storm.clone()),
+            storm: match scenario {
+                Scenario::Storm { .. } => Some(stats.storm.clone()),
+                Scenario::Confirm(c) if c.kill_pid.is_some() => Some(stats.storm.clone()),
+                _ => None,
+            },
             server,
+            redis: None,
+            kernel: None,
             server_cpu_us_per_delivery: cpu_per_delivery,
             timeline: stats.timeline.clone(),
             delivery_histogram: stats.delivery_us.clone(),
@@ -245,13 +292,24 @@ impl Report {
             }
         }
         if self.scenario == "confirm" {
+            let c = &self.confirm;
+            row(
+                "users with every confirmation",
+                format!(
+                    "{} ({} short, {} with extra)",
+                    c.once, c.missing, c.duplicate
+                ),
+            );
             row(
                 "confirmations",
                 format!(
-                    "{} exactly once, {} missing, {} duplicated",
-                    self.confirm.once, self.confirm.missing, self.confirm.duplicate
+                    "{} published in {} round(s), {} received, {} lost, {} duplicated",
+                    c.published, c.rounds, c.received, c.lost, c.duplicated
                 ),
             );
+            if let (Some(pid), Some(round)) = (c.killed_pid, c.killed_after_round) {
+                row("node killed", format!("pid {pid} after round {round}"));
+            }
         }
         if let Some(s) = &self.storm {
             row(
@@ -284,6 +342,26 @@ impl Report {
             if let Some(cpu) = s.cpu_seconds_total {
                 row("server CPU during the run", format!("{cpu:.2} s"));
             }
+        }
+        if let Some(r) = &self.redis {
+            row(
+                "redis RSS before / after ramp",
+                format!(
+                    "{:.1} / {:.1} MiB ({:.0} bytes per connection)",
+                    r.rss_before as f64 / 1048576.0,
+                    r.rss_after_ramp as f64 / 1048576.0,
+                    r.bytes_per_connection
+                ),
+            );
+        }
+        if let Some(k) = &self.kernel {
+            row(
+                "kernel bytes per connection",
+                format!(
+                    "{:.0} (Slab {} -> {} KiB, both ends)",
+                    k.bytes_per_connection, k.slab_before_kib, k.slab_after_ramp_kib
+                ),
+            );
         }
         if let Some(us) = self.server_cpu_us_per_delivery {
             row("server CPU per delivery", format!("{us:.2} us"));

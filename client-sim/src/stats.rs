@@ -60,6 +60,10 @@ pub struct Stats {
     pub confirm_once: u64,
     pub confirm_missing: u64,
     pub confirm_duplicate: u64,
+    /// Confirmations received on user channels, and those short of the
+    /// rounds published (summed over connections).
+    pub confirm_received: u64,
+    pub confirm_lost: u64,
     /// Serialized histograms (microseconds).
     pub connect_us: String,
     pub delivery_us: String,
@@ -93,6 +97,8 @@ impl Stats {
         self.confirm_once += other.confirm_once;
         self.confirm_missing += other.confirm_missing;
         self.confirm_duplicate += other.confirm_duplicate;
+        self.confirm_received += other.confirm_received;
+        self.confirm_lost += other.confirm_lost;
         self.connect_us = merge_hist(&self.connect_us, &other.connect_us);
         self.delivery_us = merge_hist(&self.delivery_us, &other.delivery_us);
         for (id, t) in &other.last_receive_us {

@@ -75,3 +75,14 @@ pub fn process_usage(pid: u32) -> Option<(u64, f64)> {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Some((rss_kib * 1024, (utime + stime) / ticks))
 }
+
+/// Sends SIGKILL to `pid`: a node dies as in a crash, with no chance to
+/// close its connections cleanly.
+pub fn kill(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

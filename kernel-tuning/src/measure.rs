@@ -16,7 +16,8 @@ pub struct Measurement {
     pub bytes_per_socket: u64,
 }
 
-fn meminfo_kib(field: &str) -> io::Result<u64> {
+/// A field of /proc/meminfo, in KiB (`Slab`: where the kernel keeps sockets).
+pub fn meminfo_kib(field: &str) -> io::Result<u64> {
     let text = std::fs::read_to_string("/proc/meminfo")?;
     text.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))

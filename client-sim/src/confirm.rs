@@ -1,0 +1,93 @@
+//! The `confirm` scenario: booking confirmations published to every user's
+//! private channel, in rounds, each of which must arrive exactly once. With
+//! `--kill-pid` one node is killed (SIGKILL, as a crash or an OOM kill
+//! would) after a chosen round: its browsers reconnect through the shared
+//! port to the nodes left, and recover with `since` every confirmation
+//! published while they were away.
+//!
+//! It only publishes, kills and waits; counting is the workers' (each
+//! client checks its offsets) and the report's.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::engine::Event;
+use crate::orchestrate::{unix_us, wait_for, Common, Worker, PUBLISH_CHUNK};
+use crate::publisher::Publisher;
+
+/// Options of the confirm scenario.
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
+pub struct ConfirmOpts {
+    /// Confirmations per user channel, one per round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    pub rounds: u8,
+    /// Pause between rounds, milliseconds: rounds published after a kill
+    /// reach browsers that are still reconnecting.
+    #[arg(long, default_value_t = 200)]
+    pub round_gap_ms: u64,
+    /// Kill this process (a Surge node; SIGKILL) during the run. Its
+    /// browsers reconnect to the other nodes and must recover every
+    /// confirmation. Publish to the other nodes (--publish), or to all: a
+    /// node that refuses connections is skipped.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    /// Round after which the node is killed [default: half of --rounds].
+    #[arg(long, requires = "kill_pid")]
+    pub kill_after_round: Option<u8>,
+}
+
+/// What the scenario did; the workers say what arrived.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Outcome {
+    pub rounds: u8,
+    /// Confirmations the publish API accepted.
+    pub published: u64,
+    pub killed_pid: Option<u32>,
+    pub killed_after_round: Option<u8>,
+}
+
+/// Publishes the rounds (killing the node on the way), then waits until
+/// every connected client has every confirmation, or the timeout.
+pub(crate) fn run(
+    opts: &ConfirmOpts,
+    common: &Common,
+    publisher: &mut Publisher,
+    workers: &mut [Worker],
+    rx: &Receiver<(usize, Event)>,
+    connected: u64,
+) -> Result<Outcome, String> {
+    let kill_after = opts
+        .kill_pid
+        .map(|_| opts.kill_after_round.unwrap_or(opts.rounds.div_ceil(2)));
+    let mut outcome = Outcome {
+        rounds: opts.rounds,
+        ..Outcome::default()
+    };
+    for round in 1..=opts.rounds {
+        let ts = unix_us();
+        let items: Vec<String> = (0..common.conns)
+            .map(|uid| {
+                format!(r#"{{"ch":"user/{uid}","data":{{"booking":"B-{uid}-{round}","ts":{ts}}}}}"#)
+            })
+            .collect();
+        for chunk in items.chunks(PUBLISH_CHUNK) {
+            publisher.send(chunk, true)?;
+            outcome.published += chunk.len() as u64;
+        }
+        if let (Some(pid), Some(after)) = (opts.kill_pid, kill_after) {
+            if round == after {
+                crate::sys::kill(pid).map_err(|e| format!("kill -9 {pid}: {e}"))?;
+                eprintln!("client-sim: killed node {pid} after round {round}");
+                outcome.killed_pid = Some(pid);
+                outcome.killed_after_round = Some(round);
+            }
+        }
+        if round < opts.rounds {
+            std::thread::sleep(Duration::from_millis(opts.round_gap_ms));
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(common.timeout);
+    wait_for(workers, rx, until, |_, complete| complete >= connected)?;
+    Ok(outcome)
+}
