@@ -109,7 +109,8 @@ pub fn main(o: &Opts, root: &Path) -> std::process::ExitCode {
 /// Runs the benchmark: Ok(true) when every connection and delivery was there.
 pub fn run(o: &Opts, root: &Path) -> Result<bool, String> {
     cluster::on_signal_cleanup()?;
-    let result = run_inner(o, root);
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let result = run_inner(o, &root);
     cluster::cleanup();
     result
 }

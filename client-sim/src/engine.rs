@@ -727,6 +727,7 @@ impl Engine {
                     client.attempt = 0;
                     self.stats.storm.dropped += 1;
                     self.storm_pending += 1;
+                    self.storm_at.get_or_insert(now);
                     let at = now + Policy::FullJitter.delay_ms(0, &mut self.rng);
                     self.timers.push(Reverse((at, token)));
                     return;

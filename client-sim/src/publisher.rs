@@ -52,12 +52,26 @@ impl Publisher {
         };
         for (body, path) in &bodies {
             if self.each {
-                for url in &self.urls {
-                    self.post(url, path, body)
-                        .map_err(|(Failure::Refused(e) | Failure::Other(e))| e)?;
-                }
+                self.post_to_each(path, body)?;
             } else {
                 self.post_to_one(path, body)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends to every node; a node that refuses the connection (it is
+    /// gone) leaves the list, as long as one is left.
+    fn post_to_each(&mut self, path: &str, body: &str) -> Result<(), String> {
+        let mut i = 0;
+        while i < self.urls.len() {
+            match self.post(&self.urls[i], path, body) {
+                Ok(()) => i += 1,
+                Err(Failure::Refused(e)) if self.urls.len() > 1 => {
+                    eprintln!("client-sim: {e}; publishing to the other nodes");
+                    self.urls.remove(i);
+                }
+                Err(Failure::Refused(e) | Failure::Other(e)) => return Err(e),
             }
         }
         Ok(())
@@ -91,9 +105,9 @@ impl Publisher {
         match req.send_string(body) {
             Ok(_) => Ok(()),
             Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::ConnectionFailed => {
-                Err(Failure::Refused(format!("publish to {url}{path}: {t}")))
+                Err(Failure::Refused(format!("publish: {t}")))
             }
-            Err(e) => Err(Failure::Other(format!("publish to {url}{path}: {e}"))),
+            Err(e) => Err(Failure::Other(format!("publish: {e}"))),
         }
     }
 }
