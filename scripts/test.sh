@@ -17,6 +17,9 @@ bash server/autobahn/run.sh
 # the per-connection figure the budget check reads (one run here: 377 B per
 # idle connection at N=500, 131 B at N=4000), and it adds seconds, not minutes.
 cargo run --release -p benches -- all --conns 4000 --publications 5 --json target/bench/ci.json
+# 20,000 connections over 3 Surge nodes joined through a real redis-server;
+# exits non-zero unless every connection and every delivery is there.
+cargo run --release -p benches -- million --conns 20000 --procs 3 --kernel check --json target/million/ci.json
 python3 - <<'PY'
 import json
 
