@@ -24,10 +24,16 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 static GROUP: AtomicI32 = AtomicI32::new(0);
 /// Rollback files of kernel settings applied by this run, newest last.
 static ROLLBACKS: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+/// Held for a whole cleanup: the signal thread and the main thread may both
+/// clean up at once (the kill ends the main thread's wait), and neither may
+/// exit while the other is half way through rolling back.
+static CLEANING: Mutex<()> = Mutex::new(());
 
 /// Kills every process this run started (the whole group, so client-sim's
-/// own workers too) and rolls back kernel settings. Safe to call twice.
+/// own workers too) and rolls back kernel settings, newest first. Safe to
+/// call twice, and from two threads at once.
 pub fn cleanup() {
+    let _cleaning = CLEANING.lock().unwrap_or_else(|e| e.into_inner());
     let pgid = GROUP.swap(0, Ordering::SeqCst);
     if pgid > 0 {
         // SAFETY: killpg takes plain integers and touches no memory of ours.

@@ -122,7 +122,9 @@ pub fn run(o: &Opts, root: &Path) -> Result<bool, String> {
 fn run_inner(o: &Opts, root: &Path) -> Result<bool, String> {
     let bin = |name: &str| root.join("target/release").join(name);
     if !o.skip_build {
-        cluster::build(root, &["server", "client-sim", "kernel-tuning"])?;
+        // With benches itself, so features unify as for `cargo run -p
+        // benches` and nothing is rebuilt twice.
+        cluster::build(root, &["server", "client-sim", "kernel-tuning", "benches"])?;
     }
     let procs = if o.procs > 0 {
         o.procs
