@@ -85,6 +85,9 @@ pub struct WorkerSpec {
     /// Confirmations each user channel should get (confirm's `--rounds`).
     #[serde(default = "one")]
     pub expect_confirms: u8,
+    /// Most first connects in flight at once (0: no cap).
+    #[serde(default)]
+    pub max_pending: u64,
 }
 
 fn one() -> u8 {
@@ -205,6 +208,8 @@ pub struct Engine {
     tokens: Option<TokenKey>,
     next_src: usize,
     opened: u64,
+    /// First connects not yet open or failed (the ramp's in-flight handshakes).
+    pending: u64,
     stats: Stats,
     connect_hist: hdrhistogram::Histogram<u64>,
     delivery_hist: hdrhistogram::Histogram<u64>,
@@ -235,6 +240,7 @@ impl Engine {
             tokens,
             next_src: 0,
             opened: 0,
+            pending: 0,
             stats: Stats::default(),
             connect_hist: stats::histogram(),
             delivery_hist: stats::histogram(),
@@ -282,9 +288,11 @@ impl Engine {
             let now = self.now_ms();
             if !ramped {
                 let due = ((now as f64 / 1000.0) * self.spec.rate).ceil() as u64;
-                while self.opened < due.min(self.spec.conns) {
+                let room = |e: &Engine| e.spec.max_pending == 0 || e.pending < e.spec.max_pending;
+                while self.opened < due.min(self.spec.conns) && room(&self) {
                     let uid = (self.spec.first_uid + self.opened) as u32;
                     self.opened += 1;
+                    self.pending += 1;
                     self.start_client(uid);
                 }
             }
@@ -589,6 +597,7 @@ impl Engine {
             }
         } else {
             self.stats.connected += 1;
+            self.pending = self.pending.saturating_sub(1);
             let _ = self.connect_hist.record(elapsed_us.max(1));
         }
     }
@@ -709,6 +718,7 @@ impl Engine {
             return;
         }
         client.state = State::Done;
+        self.pending = self.pending.saturating_sub(1);
         *self.stats.failed.entry(reason.to_string()).or_default() += 1;
     }
 

@@ -96,6 +96,11 @@ pub struct Common {
     /// Seed for clinic choice and jitter.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Most handshakes in flight per worker process while ramping (0: no
+    /// cap). With a cap, a server that answers slowly slows the ramp down
+    /// instead of letting queued handshakes time out by the thousand.
+    #[arg(long, default_value_t = 0)]
+    pub max_pending: u64,
     /// Seconds to wait for deliveries, storms and ramps before giving up.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -259,6 +264,7 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
                 .or_else(|| common.token_secret.as_ref().map(|_| "user/".to_string())),
             reconnect_on_close,
             expect_confirms,
+            max_pending: common.max_pending,
         };
         first_uid += share;
         let spec = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
