@@ -72,6 +72,11 @@ pub struct Opts {
     /// Each node's --pong-timeout (shorter than the interval).
     #[arg(long, default_value = "60s")]
     pub pong_timeout: String,
+    /// Each node's --redis-timeout (with --engine redis). Surge's 2 s was
+    /// too short for a million here: with 112 processes on 2 cores the
+    /// nodes' Redis requests timed out and publishing answered 503.
+    #[arg(long, default_value = "10s")]
+    pub redis_timeout: String,
     /// Seconds to hold every connection open after the fan-out.
     #[arg(long, default_value_t = 5)]
     pub hold: u64,
@@ -195,6 +200,7 @@ fn run_inner(o: &Opts, root: &Path) -> Result<bool, String> {
         .collect();
         if let Some(r) = &redis {
             args.extend(["--redis".to_string(), r.url.clone()]);
+            args.extend(["--redis-timeout".to_string(), o.redis_timeout.clone()]);
         }
         let log = cluster::log_file(&logs, &format!("surge-{i}.log"))?;
         let env = [("SURGE_TOKEN_SECRET", TOKEN_SECRET)];
