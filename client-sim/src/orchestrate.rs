@@ -420,7 +420,7 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
             // what they missed), and one after: every client is owed every
             // publication of its clinic, exactly once.
             let clinics = common.clinics.max(1);
-            let round = |publications: &mut u64, expected: &mut u64| {
+            let round = |publisher: &mut Publisher, publications: &mut u64, expected: &mut u64| {
                 let body: Vec<String> = (0..clinics)
                     .map(|c| {
                         format!(
@@ -429,12 +429,12 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
                         )
                     })
                     .collect();
-                publish(common, &body, true)?;
+                publisher.send(&body, true)?;
                 *publications += u64::from(clinics);
                 *expected += clinic_subs.values().sum::<u64>();
                 Ok::<(), String>(())
             };
-            round(&mut publications, &mut expected)?;
+            round(&mut publisher, &mut publications, &mut expected)?;
             // Everyone has it (and so its channel's epoch) before the drop:
             // a client cut off earlier has no position to recover from.
             wait_for(&mut workers, &rx, deadline(common.timeout), |d, _| {
@@ -451,7 +451,7 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
             let mut stormed = 0;
             let limit = deadline(common.timeout);
             while stormed < procs {
-                round(&mut publications, &mut expected)?;
+                round(&mut publisher, &mut publications, &mut expected)?;
                 match rx.recv_timeout(STORM_PUBLISH_EVERY) {
                     Ok((_, Event::Stormed)) => stormed += 1,
                     Ok(_) | Err(RecvTimeoutError::Timeout) => {}
@@ -463,7 +463,7 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
                     return Err("timed out waiting for the storm to reconnect".into());
                 }
             }
-            round(&mut publications, &mut expected)?;
+            round(&mut publisher, &mut publications, &mut expected)?;
             wait_for(&mut workers, &rx, deadline(common.timeout), |d, _| {
                 d >= expected
             })?;
