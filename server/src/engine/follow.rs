@@ -101,28 +101,29 @@ pub(crate) async fn run_shard(shared: Arc<Shared>, index: usize) {
         // is all of it again, and each channel is re-synced from its stream.
         shared.shards[index].take_changed();
         let wanted: Vec<Arc<str>> = {
+            // Under the interest lock, so a worker's new interest is either
+            // seen here or finds the channel no longer loaded (and waits).
             let interest = shared.interest.lock().unwrap_or_else(|p| p.into_inner());
-            interest
+            let wanted: Vec<Arc<str>> = interest
                 .keys()
                 .filter(|c| shared.shard_of(c) == index)
                 .cloned()
-                .collect()
-        };
-        {
+                .collect();
             // Channels that lost their subscribers while the connection was
             // down are followed no more.
             let mut mirror = shared.mirror();
             let gone: Vec<Arc<str>> = mirror
                 .ready
                 .keys()
-                .filter(|c| shared.shard_of(c) == index && !wanted.contains(*c))
+                .filter(|c| shared.shard_of(c) == index && !interest.contains_key(*c))
                 .cloned()
                 .collect();
             for channel in gone {
                 mirror.ready.remove(&channel);
                 mirror.logs.forget(&channel);
             }
-        }
+            wanted
+        };
         let mut alive = follow(&shared, &mut sink, &mut following, wanted).await;
         while alive {
             tokio::select! {
@@ -169,24 +170,34 @@ async fn reconcile(
     following: &mut HashSet<Arc<str>>,
 ) -> bool {
     let changed = shared.shards[index].take_changed();
-    let (wanted, unwanted): (Vec<_>, Vec<_>) = {
+    let (wanted, leaving): (Vec<Arc<str>>, Vec<Arc<str>>) = {
+        // Decided and unloaded under the interest lock: a worker that takes
+        // an interest in a leaving channel either does so before (and the
+        // channel stays) or finds it unloaded and waits for the next load.
+        // Unloading only after the UNSUBSCRIBE round trip would let a
+        // subscriber be answered from a mirror about to be dropped, and
+        // miss what the next load brings back without sending.
         let interest = shared.interest.lock().unwrap_or_else(|p| p.into_inner());
-        changed.into_iter().partition(|c| interest.contains_key(c))
+        let (wanted, unwanted): (Vec<_>, Vec<_>) =
+            changed.into_iter().partition(|c| interest.contains_key(c));
+        let mut mirror = shared.mirror();
+        let leaving: Vec<Arc<str>> = unwanted
+            .into_iter()
+            .filter(|c| following.contains(c))
+            .collect();
+        for channel in &leaving {
+            mirror.ready.remove(channel);
+            mirror.logs.forget(channel);
+        }
+        (wanted, leaving)
     };
-    let leaving: Vec<Arc<str>> = unwanted
-        .into_iter()
-        .filter(|c| following.contains(c))
-        .collect();
     for chunk in leaving.chunks(CHUNK) {
         let topics: Vec<String> = chunk.iter().map(|c| topic(c)).collect();
         if sink.unsubscribe(topics).await.is_err() {
             return false;
         }
-        let mut mirror = shared.mirror();
         for channel in chunk {
             following.remove(channel);
-            mirror.ready.remove(channel);
-            mirror.logs.forget(channel);
         }
     }
     shared
