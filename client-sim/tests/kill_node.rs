@@ -132,7 +132,6 @@ fn node_process() {
 }
 
 #[test]
-#[ignore = "fails intermittently on a real loss in the Redis engine (a browser recovering with since=N on another node gets recovered:true, then N+2 live, never N+1); run with --ignored until that is fixed"]
 fn killed_node_loses_no_confirmation_and_duplicates_none() {
     let mut children = Killed(Vec::new());
     let url = start_redis(&mut children);
