@@ -14,6 +14,8 @@
 //! - `web`, `demo`: the embedded slot board page and `surge --demo`'s
 //!   simulated booking backend.
 //! - `config`, `units`: options, defaults and their validation.
+//! - `ops`: systemd notifications and watchdog, logging, process figures,
+//!   `check-config` and `print-config`.
 //! - `server`: all of it started and stopped together.
 
 pub mod admin;
@@ -24,6 +26,7 @@ pub mod core;
 pub mod demo;
 pub mod engine;
 pub mod http;
+pub mod ops;
 pub mod server;
 pub mod units;
 pub mod web;

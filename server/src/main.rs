@@ -1,12 +1,18 @@
-//! The `surge` binary: load the configuration, start the server, wait for
-//! SIGTERM or SIGINT, shut down gracefully. `surge token ...` mints a private
-//! channel token for testing instead.
+//! The `surge` binary: load the configuration, start the server, tell
+//! systemd it is ready, wait for SIGTERM or SIGINT, shut down gracefully.
+//! Subcommands instead: `surge token ...` mints a private channel token for
+//! testing; `surge check-config` and `surge print-config` check or show the
+//! configuration without starting anything.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use surge::config::ConfigError;
+use surge::ops::notify::{self, Notifier};
+use surge::ops::watchdog::{Liveness, Watchdog};
+use surge::ops::{config_cmd, logging};
 use surge::{Config, Server};
 
 /// Mints a token for a private channel, as the booking backend would.
@@ -41,10 +47,15 @@ fn mint(args: TokenArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("token") {
-        return mint(<TokenArgs as clap::Parser>::parse_from(
-            std::env::args().skip(1),
-        ));
+    match std::env::args().nth(1).as_deref() {
+        Some("token") => {
+            return mint(<TokenArgs as clap::Parser>::parse_from(
+                std::env::args().skip(1),
+            ))
+        }
+        Some("check-config") => return config_cmd::check_config(std::env::args().skip(2)),
+        Some("print-config") => return config_cmd::print_config(std::env::args().skip(2)),
+        _ => {}
     }
     let config = match Config::load() {
         Ok(config) => config,
@@ -54,13 +65,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(&config);
+    let notifier = Arc::new(Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "systemd notifications off");
+        Notifier::disabled()
+    }));
 
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
@@ -81,8 +90,26 @@ fn main() -> ExitCode {
         "surge listening: ws://{}/ws publish=http://{}/api/publish admin=http://{}/metrics",
         server.public_addr, server.publish_addr, server.admin_addr
     );
+    // Every port is bound and every worker runs: systemd may now count us up
+    // (and start whatever is ordered after us).
+    notifier.ready();
+    let watchdog = notify::watchdog_interval()
+        .filter(|_| notifier.enabled())
+        .and_then(|interval| {
+            Watchdog::spawn(
+                notifier.clone(),
+                Liveness::new(server.metrics.clone()),
+                interval,
+            )
+            .map_err(|e| tracing::error!(error = %e, "cannot start the watchdog thread"))
+            .ok()
+        });
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down");
+    }
+    notifier.stopping();
+    if let Some(watchdog) = watchdog {
+        watchdog.stop();
     }
     server.shutdown();
     ExitCode::SUCCESS

@@ -48,6 +48,9 @@ pub struct WorkerMetrics {
     pub handshake_failures: [AtomicU64; HandshakeError::LABELS.len()],
     /// Indexed like [`CLOSE_CODES`], plus one slot for other codes.
     pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
+    /// The second (of the worker's clock) its loop last turned: the
+    /// systemd watchdog sees a stuck worker by this standing still.
+    pub heartbeat: AtomicU64,
 }
 
 impl WorkerMetrics {

@@ -199,6 +199,9 @@ impl Worker {
             stats
                 .channels
                 .store(self.index.len() as u64, Ordering::Relaxed);
+            stats
+                .heartbeat
+                .store(u64::from(self.now), Ordering::Relaxed);
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || self.now >= at {
                     tracing::info!(worker = self.id, left = self.conns.len(), "worker stopped");
