@@ -38,8 +38,8 @@ fn surge(args: &[&str]) -> std::process::Output {
 /// The value of `key=` in a unit (the last one, as systemd reads it).
 fn unit_value(unit: &str, key: &str) -> Option<String> {
     unit.lines()
-        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
         .map(|v| v.trim().to_string())
 }
 
