@@ -41,7 +41,10 @@ impl Liveness {
     /// `Err` names the first worker whose heartbeat has not moved for
     /// [`STUCK_AFTER`].
     pub fn check(&mut self) -> Result<(), String> {
-        let now = Instant::now();
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&mut self, now: Instant) -> Result<(), String> {
         for (id, (worker, seen)) in self.metrics.workers.iter().zip(&mut self.seen).enumerate() {
             let beat = worker.heartbeat.load(Ordering::Relaxed);
             if beat != seen.0 {
@@ -102,5 +105,24 @@ impl Watchdog {
         if self.thread.join().is_err() {
             tracing::error!("the watchdog thread panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_that_stands_still_past_the_bound_names_its_worker() {
+        let metrics = Arc::new(Metrics::new(2, 100));
+        let mut liveness = Liveness::new(metrics.clone());
+        let start = Instant::now();
+        assert!(liveness.check_at(start + Duration::from_secs(1)).is_ok());
+        metrics.workers[0].heartbeat.store(7, Ordering::Relaxed);
+        let later = start + STUCK_AFTER + Duration::from_secs(1);
+        let err = liveness.check_at(later).unwrap_err();
+        assert!(err.starts_with("worker 1 stuck"), "{err}");
+        metrics.workers[1].heartbeat.store(7, Ordering::Relaxed);
+        assert!(liveness.check_at(later).is_ok());
     }
 }
