@@ -123,7 +123,7 @@ fn handle(ctx: &Ctx, mut request: Request) {
     match result {
         Ok(body) => respond(request, 200, "application/json", body),
         Err(e) => {
-            ctx.metrics.publish_rejected.fetch_add(1, Relaxed);
+            ctx.metrics.count_publish_refusal(e.status());
             tracing::debug!(error = %e, "publish refused");
             let challenge: &[(&str, &str)] = if matches!(e, PublishError::Unauthorized) {
                 &[("WWW-Authenticate", "Bearer")]

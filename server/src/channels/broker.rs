@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -27,6 +27,9 @@ pub struct Publication {
     pub frame: Bytes,
     /// Global publication order; see `engine/log.rs` for why workers track it.
     pub seq: u64,
+    /// When the engine handed it to the workers: the start of the
+    /// publish-to-socket latency in /metrics.
+    pub published: Instant,
 }
 
 /// What a worker is told through its queue.

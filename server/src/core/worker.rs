@@ -303,6 +303,7 @@ impl Worker {
         let Some(last) = batch.last() else {
             return;
         };
+        let started = Instant::now();
         self.passed_seq = last.seq;
         let mut groups: Vec<(&str, Vec<Bytes>)> = Vec::new();
         for p in batch {
@@ -338,6 +339,17 @@ impl Worker {
         }
         for (token, err) in failed {
             self.on_send_error(token as usize, err);
+        }
+        // Per publication, never per subscriber: the hot loop above pays nothing.
+        let done = Instant::now();
+        let stats = &self.metrics.workers[self.id];
+        stats
+            .fan_out
+            .observe_n(done.saturating_duration_since(started), batch.len() as u64);
+        for p in batch {
+            stats
+                .publish_latency
+                .observe(done.saturating_duration_since(p.published));
         }
     }
 
