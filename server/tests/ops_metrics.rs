@@ -44,6 +44,11 @@ async fn metrics_parse_and_carry_process_figures_latency_histograms_and_refusals
     }
     let (status, _) = post(&server, "/api/publish", "{not json");
     assert_eq!(status, 400);
+    // Refused commands: a bad name, a private channel without a token.
+    send_text(&mut ws, r#"{"op":"sub","ch":"no spaces allowed"}"#).await;
+    assert_eq!(next_json(&mut ws).await["code"], "bad_channel");
+    send_text(&mut ws, r#"{"op":"sub","ch":"user/8812"}"#).await;
+    assert_eq!(next_json(&mut ws).await["code"], "forbidden");
 
     // Every worker observes every publication; the one without subscribers
     // may still be draining its queue when the client has read them all.
@@ -89,6 +94,18 @@ async fn metrics_parse_and_carry_process_figures_latency_histograms_and_refusals
         0.0
     );
     assert!(value(&scraped, "surge_max_connections", None) > 0.0);
+    for (code, n) in [
+        ("bad_channel", 1.0),
+        ("forbidden", 1.0),
+        ("bad_request", 0.0),
+    ] {
+        let series = Some(("code", code));
+        assert_eq!(
+            value(&scraped, "surge_command_errors_total", series),
+            n,
+            "{code}"
+        );
+    }
     server.shutdown();
 }
 
@@ -187,4 +204,12 @@ fn a_metric_scan_finds_names_and_skips_lookalikes() {
         referenced("rate(surge_a_total[5m]) / on() xsurge_b + surge_c:sum"),
         vec!["surge_a_total", "surge_c:sum"]
     );
+}
+
+#[test]
+fn command_error_codes_index_their_counters_in_order() {
+    use surge::channels::protocol::ErrorCode;
+    for (i, code) in ErrorCode::ALL.iter().enumerate() {
+        assert_eq!(*code as usize, i, "{}", code.as_str());
+    }
 }

@@ -12,6 +12,7 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 
 use crate::admin::histogram::{self, Histogram};
+use crate::channels::protocol::ErrorCode;
 use crate::channels::token::TokenError;
 use crate::wire::close;
 use crate::wire::handshake::HandshakeError;
@@ -56,6 +57,9 @@ pub struct WorkerMetrics {
     /// The second (of the worker's clock) its loop last turned: the
     /// systemd watchdog sees a stuck worker by this standing still.
     pub heartbeat: AtomicU64,
+    /// Browser commands answered with `{"op":"error"}`, indexed by
+    /// [`ErrorCode`] (`code as usize`).
+    pub command_errors: [AtomicU64; ErrorCode::ALL.len()],
     /// From a publication's hand-off to the workers until this worker has
     /// written it to its subscribers: one observation per publication.
     pub publish_latency: Histogram,
@@ -355,6 +359,21 @@ impl Metrics {
             "counter",
             "Publish requests refused, by the HTTP status answered (503: overloaded or draining; the backend retries).",
             &refusals,
+        );
+        let errors: Vec<_> = ErrorCode::ALL
+            .iter()
+            .map(|code| {
+                (
+                    format!("{{code=\"{}\"}}", code.as_str()),
+                    self.sum(|w| &w.command_errors[*code as usize]),
+                )
+            })
+            .collect();
+        metric(
+            "command_errors_total",
+            "counter",
+            "Browser commands refused with an error reply, by code (forbidden: also in token_refusals by reason).",
+            &errors,
         );
         let fds = crate::ops::process::open_descriptors().unwrap_or(0);
         metric(

@@ -87,14 +87,16 @@ impl Worker {
                     self.index.unsubscribe(&mut self.conns, token as u32, &ch);
                     protocol::reply("unsubscribed", &ch)
                 } else {
-                    protocol::error(Some(&ch), ErrorCode::BadChannel, "invalid channel name")
+                    return self.send_error(
+                        token,
+                        Some(&ch),
+                        ErrorCode::BadChannel,
+                        "invalid channel name",
+                    );
                 };
                 self.send_text(token, reply);
             }
-            Err(reason) => {
-                let reply = protocol::error(None, ErrorCode::BadRequest, &reason);
-                self.send_text(token, reply);
-            }
+            Err(reason) => self.send_error(token, None, ErrorCode::BadRequest, &reason),
         }
     }
 
@@ -108,13 +110,12 @@ impl Worker {
         auth: Option<&str>,
     ) {
         if !name::is_valid(channel) {
-            let reply =
-                protocol::error(Some(channel), ErrorCode::BadChannel, "invalid channel name");
-            return self.send_text(token, reply);
+            let code = ErrorCode::BadChannel;
+            return self.send_error(token, Some(channel), code, "invalid channel name");
         }
         if let Err(e) = self.check_token(channel, auth) {
-            let reply = protocol::error(Some(channel), ErrorCode::Forbidden, &e.to_string());
-            return self.send_text(token, reply);
+            let code = ErrorCode::Forbidden;
+            return self.send_error(token, Some(channel), code, &e.to_string());
         }
         self.subscribe_checked(token, channel, since);
     }
@@ -152,9 +153,8 @@ impl Worker {
             Ok(added) => added,
             Err(_) => {
                 let message = format!("at most {max} subscriptions per connection");
-                let reply =
-                    protocol::error(Some(channel), ErrorCode::TooManySubscriptions, &message);
-                return self.send_text(token, reply);
+                let code = ErrorCode::TooManySubscriptions;
+                return self.send_error(token, Some(channel), code, &message);
             }
         };
         if !added {
@@ -205,12 +205,12 @@ impl Worker {
             let token = waiting.token as usize;
             self.index
                 .unsubscribe(&mut self.conns, waiting.token, channel);
-            let reply = protocol::error(
+            self.send_error(
+                token,
                 Some(channel),
                 ErrorCode::Unavailable,
                 "channel history is unavailable right now; retry",
             );
-            self.send_text(token, reply);
         }
     }
 
@@ -225,6 +225,12 @@ impl Worker {
             self.send(token, frame);
         }
         WorkerMetrics::add(&self.stats().replayed, replayed);
+    }
+
+    /// Answers a command with `{"op":"error"}` and counts the refusal by code.
+    fn send_error(&mut self, token: usize, channel: Option<&str>, code: ErrorCode, message: &str) {
+        WorkerMetrics::add(&self.stats().command_errors[code as usize], 1);
+        self.send_text(token, protocol::error(channel, code, message));
     }
 
     pub(crate) fn send_text(&mut self, token: usize, payload: Vec<u8>) {
