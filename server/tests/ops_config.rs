@@ -84,6 +84,18 @@ fn check_config_accepts_a_good_file_and_names_every_problem_of_a_bad_one() {
         "{err}"
     );
 
+    let nowhere = dir.file(
+        "nowhere.toml",
+        "state-file = \"/nonexistent/surge/state\"\n",
+    );
+    let out = surge(&["check-config", "--config", &nowhere], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/surge does not exist"),
+        "{}",
+        stderr(&out)
+    );
+
     let broken = dir.file("broken.toml", "workers = [\n");
     let out = surge(&["check-config", "--config", &broken], &[]);
     assert_eq!(out.status.code(), Some(2));

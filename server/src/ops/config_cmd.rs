@@ -25,7 +25,8 @@ pub fn check_config(args: impl Iterator<Item = String>) -> ExitCode {
     let loaded = Config::load_unchecked(std::iter::once("surge".to_string()).chain(args));
     let problems = match loaded {
         Ok((config, _)) => {
-            let problems = config.problems();
+            let mut problems = config.problems();
+            problems.extend(environment_problems(&config));
             if problems.is_empty() {
                 let from = config
                     .config
@@ -50,6 +51,26 @@ pub fn check_config(args: impl Iterator<Item = String>) -> ExitCode {
     }
     eprintln!("surge check-config: {} problem(s)", problems.len());
     ExitCode::from(EXIT_INVALID)
+}
+
+/// What `Config::problems` cannot see because it does not look outside
+/// the process: paths the server will need at start or stop.
+fn environment_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(path) = &config.state_file {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            problems.push(format!(
+                "--state-file {}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
+    problems
 }
 
 /// `surge print-config [--sample] [OPTIONS]`: the effective configuration
