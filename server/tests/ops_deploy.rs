@@ -76,6 +76,44 @@ fn systemd_units_pass_systemd_analyze_verify() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Most `systemd-analyze security` exposure the units may score (0 is a
+/// sealed box, 10 is none of the hardening). What is left at 1.5 is what a
+/// push server needs: internet sockets, the host's network, AF_UNIX for
+/// the notification socket.
+const MAX_EXPOSURE: f64 = 2.0;
+
+#[test]
+fn systemd_units_score_low_exposure() {
+    let dir = std::env::temp_dir().join(format!("surge-security-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in UNITS {
+        let unit = read(name).replace("/usr/local/bin/surge", env!("CARGO_BIN_EXE_surge"));
+        std::fs::write(dir.join(name), unit).unwrap();
+        let instance = name.replace("@.", "@01.");
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(dir.join(&instance))
+            .current_dir(&dir)
+            .output()
+            .expect("systemd-analyze is installed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let score: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")
+            })
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no exposure level in:\n{text}"));
+        assert!(
+            score <= MAX_EXPOSURE,
+            "{name}: exposure {score} > {MAX_EXPOSURE}\n{text}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn units_take_the_descriptor_limit_from_the_plan_and_outwait_the_drain() {
     let p = plan(PLANNED_CONNECTIONS, Role::Server, DEFAULT_MEM_PER_CONN);
