@@ -1,5 +1,6 @@
 //! The `surge` binary: load the configuration, start the server, tell
-//! systemd it is ready, wait for SIGTERM or SIGINT, shut down gracefully.
+//! systemd it is ready, reload on SIGHUP, and on SIGTERM or SIGINT shut
+//! down gracefully.
 //! Subcommands instead: `surge token ...` mints a private channel token for
 //! testing; `surge check-config` and `surge print-config` check or show the
 //! configuration without starting anything.
@@ -7,9 +8,10 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use surge::config::ConfigError;
+use surge::ops::logging::LogControl;
 use surge::ops::notify::{self, Notifier};
 use surge::ops::watchdog::{Liveness, Watchdog};
 use surge::ops::{config_cmd, logging};
@@ -65,20 +67,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(&config);
+    let log = logging::init(&config);
     let notifier = Arc::new(Notifier::from_env().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "systemd notifications off");
         Notifier::disabled()
     }));
 
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("surge: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let server = match Server::start(config) {
+    let mut server = match Server::start(config) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("surge: {e}");
@@ -104,8 +106,15 @@ fn main() -> ExitCode {
             .map_err(|e| tracing::error!(error = %e, "cannot start the watchdog thread"))
             .ok()
         });
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            notifier.send("RELOADING=1");
+            reload(&mut server, &log);
+            notifier.ready();
+            continue;
+        }
         tracing::info!(signal, "shutting down");
+        break;
     }
     notifier.stopping();
     if let Some(watchdog) = watchdog {
@@ -113,4 +122,38 @@ fn main() -> ExitCode {
     }
     server.shutdown();
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: the configuration again from the same flags, the environment the
+/// process started with and the file as it is now; see `ops::reload`.
+fn reload(server: &mut Server, log: &LogControl) {
+    let wanted = match Config::load_unchecked(std::env::args_os()) {
+        Ok((wanted, _)) => wanted,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the running configuration stays");
+            return;
+        }
+    };
+    match server.reload(wanted) {
+        Ok(plan) => {
+            if plan.applied.iter().any(|k| k == "log") {
+                if let Err(e) = log.set_filter(&plan.effective.log) {
+                    tracing::error!(error = %e, "log filter not changed");
+                }
+            }
+            for option in &plan.need_restart {
+                tracing::warn!(option = %option, "changed in the configuration; takes effect after a restart");
+            }
+            tracing::info!(
+                applied = ?plan.applied,
+                need_restart = ?plan.need_restart,
+                "configuration reloaded"
+            );
+        }
+        Err(problems) => {
+            for problem in &problems {
+                tracing::error!(%problem, "reload refused; the running configuration stays");
+            }
+        }
+    }
 }

@@ -21,6 +21,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::SharedEngine;
 use crate::http::{BindError, Service};
+use crate::ops::reload::Plan as ReloadPlan;
 
 /// Why the server could not start. All are fatal at start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub struct Server {
     pub publish_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    /// The configuration in force (after any SIGHUP reload).
+    config: Arc<Config>,
     broker: Arc<Broker>,
     engine: SharedEngine,
     workers: Vec<JoinHandle<()>>,
@@ -169,6 +172,7 @@ impl Server {
             publish_addr: publish.addr,
             admin_addr: admin.addr,
             metrics,
+            config,
             broker,
             engine,
             workers,
@@ -177,6 +181,22 @@ impl Server {
             demo,
             stopping,
         })
+    }
+
+    /// Applies what a running server can take of `wanted` (see
+    /// `ops::reload`); returns what changed, or the problems that kept
+    /// anything from changing.
+    pub fn reload(&mut self, mut wanted: Config) -> Result<ReloadPlan, Vec<String>> {
+        if wanted.demo && wanted.token_secret.is_none() {
+            // The secret the demo made up at start, not a change.
+            wanted.token_secret = self.config.token_secret.clone();
+        }
+        let plan = crate::ops::reload::plan(&self.config, &wanted)?;
+        if !plan.applied.is_empty() {
+            self.config = Arc::new(plan.effective.clone());
+            self.broker.send_reload(&self.config);
+        }
+        Ok(plan)
     }
 
     /// Graceful shutdown: stop accepting, close every connection with 1001,

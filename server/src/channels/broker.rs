@@ -49,6 +49,9 @@ pub enum Command {
     },
     /// Stop accepting, close everyone with 1001, exit.
     Shutdown,
+    /// Run with this configuration from now on (a SIGHUP reload; only the
+    /// options in `ops::reload::LIVE` differ from the running one).
+    Reload(Arc<crate::config::Config>),
 }
 
 /// The worker's end of its queue.
@@ -135,6 +138,20 @@ impl Broker {
             if outlet.tx.send_timeout(refusal, SEND_TIMEOUT).is_err() {
                 tracing::error!(%channel, "a worker queue stayed full; its waiting subscribers keep waiting");
             }
+        }
+    }
+
+    /// Queues `Command::Reload` for every worker, waiting for room as a
+    /// shutdown does: a worker that missed it would run on the old limits.
+    pub fn send_reload(&self, config: &Arc<crate::config::Config>) {
+        for outlet in &self.outlets {
+            let reload = Command::Reload(config.clone());
+            if outlet.tx.send_timeout(reload, SEND_TIMEOUT).is_err() {
+                tracing::error!(
+                    "a worker queue stayed full; that worker keeps the old configuration"
+                );
+            }
+            Self::wake(outlet);
         }
     }
 

@@ -288,6 +288,7 @@ impl Worker {
                     batch.clear();
                     self.begin_shutdown();
                 }
+                Command::Reload(config) => self.reload(config),
             }
         }
         self.fan_out(&batch);
@@ -371,6 +372,16 @@ impl Worker {
                 _ => {}
             }
         }
+    }
+
+    /// Takes a reloaded configuration: limits, timeouts and origins are read
+    /// from it where used; the token key is derived here once.
+    fn reload(&mut self, config: Arc<Config>) {
+        self.tokens = config
+            .token_secret
+            .as_ref()
+            .and_then(|s| TokenKey::new(s.as_bytes()));
+        self.config = config;
     }
 
     /// Tells the engine which channels this worker no longer follows.

@@ -7,4 +7,5 @@ pub mod config_cmd;
 pub mod logging;
 pub mod notify;
 pub mod process;
+pub mod reload;
 pub mod watchdog;
