@@ -171,22 +171,11 @@ async fn a_subscription_limit_raised_by_sighup_holds_on_an_open_connection() {
         .await
         .expect("connect in time")
         .expect("connect");
-    let mut sub = async |ch: &str| -> serde_json::Value {
-        let cmd = format!(r#"{{"op":"sub","ch":"{ch}"}}"#);
-        ws.send(Message::Text(cmd.into())).await.unwrap();
-        loop {
-            let msg = tokio::time::timeout(WAIT, ws.next())
-                .await
-                .expect("a reply in time")
-                .expect("open")
-                .expect("no error");
-            if let Message::Text(t) = msg {
-                return serde_json::from_str(&t).unwrap();
-            }
-        }
-    };
-    assert_eq!(sub("clinic/1").await["op"], "subscribed");
-    assert_eq!(sub("clinic/2").await["code"], "too_many_subscriptions");
+    assert_eq!(sub(&mut ws, "clinic/1").await["op"], "subscribed");
+    assert_eq!(
+        sub(&mut ws, "clinic/2").await["code"],
+        "too_many_subscriptions"
+    );
     tokio::task::block_in_place(|| {
         surge.reload(
             "log = \"info\"\nmax-subscriptions = 3\n",
@@ -194,7 +183,29 @@ async fn a_subscription_limit_raised_by_sighup_holds_on_an_open_connection() {
         )
     });
     // Same connection, no reconnect: the new limit applies to its next sub.
-    assert_eq!(sub("clinic/2").await["op"], "subscribed");
-    assert_eq!(sub("clinic/3").await["op"], "subscribed");
-    assert_eq!(sub("clinic/4").await["code"], "too_many_subscriptions");
+    assert_eq!(sub(&mut ws, "clinic/2").await["op"], "subscribed");
+    assert_eq!(sub(&mut ws, "clinic/3").await["op"], "subscribed");
+    assert_eq!(
+        sub(&mut ws, "clinic/4").await["code"],
+        "too_many_subscriptions"
+    );
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends a sub command and returns the reply.
+async fn sub(ws: &mut Ws, ch: &str) -> serde_json::Value {
+    let cmd = format!(r#"{{"op":"sub","ch":"{ch}"}}"#);
+    ws.send(Message::Text(cmd)).await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a reply in time")
+            .expect("open")
+            .expect("no error");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
 }
