@@ -4,6 +4,7 @@
 //! connection or sits on the hot path.
 
 pub mod config_cmd;
+pub mod drain;
 pub mod logging;
 pub mod notify;
 pub mod process;
