@@ -117,10 +117,13 @@ fn main() -> ExitCode {
         break;
     }
     notifier.stopping();
+    if let Some(watchdog) = &watchdog {
+        watchdog.shutting_down();
+    }
+    server.shutdown();
     if let Some(watchdog) = watchdog {
         watchdog.stop();
     }
-    server.shutdown();
     ExitCode::SUCCESS
 }
 

@@ -62,6 +62,10 @@ impl Liveness {
 
 /// The running watchdog thread.
 pub struct Watchdog {
+    /// Set when shutdown begins: workers leave one by one from then on, so
+    /// their heartbeats say nothing; pings go on without the check, and
+    /// systemd's stop timeout, not the watchdog, bounds the shutdown.
+    shutting_down: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
@@ -75,6 +79,8 @@ impl Watchdog {
     ) -> std::io::Result<Watchdog> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let unchecked = shutting_down.clone();
         let thread = std::thread::Builder::new()
             .name("surge-watchdog".into())
             .spawn(move || {
@@ -83,7 +89,12 @@ impl Watchdog {
                 let mut next = Instant::now();
                 while !stopped.load(Ordering::Relaxed) {
                     if Instant::now() >= next {
-                        match liveness.check() {
+                        let check = if unchecked.load(Ordering::Relaxed) {
+                            Ok(())
+                        } else {
+                            liveness.check()
+                        };
+                        match check {
                             Ok(()) => notifier.watchdog(),
                             Err(why) => {
                                 tracing::error!(%why, "a worker stopped; asking systemd for a restart");
@@ -95,11 +106,19 @@ impl Watchdog {
                     std::thread::sleep(nap);
                 }
             })?;
-        Ok(Watchdog { stop, thread })
+        Ok(Watchdog {
+            shutting_down,
+            stop,
+            thread,
+        })
     }
 
-    /// Stops pinging: shutdown has begun and the workers are leaving.
-    /// systemd's stop timeout, not the watchdog, bounds a shutdown.
+    /// Shutdown has begun: keep pinging, stop judging the workers.
+    pub fn shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops pinging, once the process is about to exit.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         if self.thread.join().is_err() {
