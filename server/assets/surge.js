@@ -3,7 +3,12 @@
 //   import { Surge } from "/surge.js";
 //   const surge = new Surge("ws://" + location.host + "/ws", { onStatus: (s) => ... });
 //   surge.subscribe("clinic:42", (data, meta) => ...);
-//   surge.subscribe("user/8812", (data, meta) => ..., { token });
+//   surge.subscribe("user/8812", (data, meta) => ..., { token, refreshToken });
+//
+// A private channel's subscription ends when its token expires. Give
+// `refreshToken: async (channel) => newToken` (asking your backend) and
+// surge.js refreshes shortly before expiry, and resubscribes (recovering
+// what was missed) if the server ended it anyway.
 //
 // It keeps one WebSocket, resubscribes after every reconnect, and recovers
 // what it missed from each channel's last offset (dropping duplicates), so a
@@ -13,6 +18,16 @@
 // Close codes after which reconnecting cannot help: the client broke the
 // protocol, and a retry loop would only hammer the server.
 const FATAL_CODES = new Set([1002, 1003, 1007, 1008, 1009]);
+
+// Refresh this long before a token expires (or at 90% of its life if that
+// is sooner), so a slow backend still answers in time.
+const REFRESH_MARGIN_MS = 60000;
+
+/** A token's expiry in Unix milliseconds ("SCOPE.EXPIRY.SIG"), or null. */
+function tokenExpiryMs(token) {
+  const expiry = Number((token || "").split(".")[1]);
+  return Number.isFinite(expiry) && expiry > 0 ? expiry * 1000 : null;
+}
 
 export class Surge {
   /**
@@ -31,7 +46,7 @@ export class Surge {
     this.baseDelayMs = options.baseDelayMs ?? 500;
     this.maxDelayMs = options.maxDelayMs ?? 30000;
     this.healthyAfterMs = options.healthyAfterMs ?? 10000;
-    this.channels = new Map(); // name -> {callbacks:Set, token, epoch, off}
+    this.channels = new Map(); // name -> {callbacks:Set, token, refreshToken, refreshTimer, epoch, off}
     this.attempt = 0;
     this.ws = null;
     this.closed = false;
@@ -43,17 +58,48 @@ export class Surge {
   /** Subscribes `callback(data, meta)` to `channel`; returns an unsubscribe function.
    *  meta: {channel, off, epoch, snapshot}. A snapshot is the channel's last value
    *  (on first subscribe, or when history could not fill a gap): treat it as the truth. */
-  subscribe(channel, callback, { token } = {}) {
+  subscribe(channel, callback, { token, refreshToken } = {}) {
     let entry = this.channels.get(channel);
     if (!entry) {
-      entry = { callbacks: new Set(), token, epoch: null, off: 0 };
+      entry = { callbacks: new Set(), token, refreshToken, refreshTimer: null, epoch: null, off: 0 };
       this.channels.set(channel, entry);
       this.sendSub(channel, entry);
-    } else if (token) {
-      entry.token = token;
+    } else {
+      if (token) entry.token = token;
+      if (refreshToken) entry.refreshToken = refreshToken;
     }
+    this.scheduleRefresh(channel, entry);
     entry.callbacks.add(callback);
     return () => this.unsubscribe(channel, callback);
+  }
+
+  /** Arranges for a new token shortly before this one expires. */
+  scheduleRefresh(channel, entry) {
+    clearTimeout(entry.refreshTimer);
+    const expiry = tokenExpiryMs(entry.token);
+    if (!entry.refreshToken || expiry === null) return;
+    const left = expiry - Date.now();
+    // At least a second apart: a token that is already (nearly) expired
+    // must not turn into a loop of refreshes.
+    const wait = Math.max(1000, left - Math.min(REFRESH_MARGIN_MS, left * 0.1));
+    entry.refreshTimer = setTimeout(() => this.refresh(channel, entry, false), wait);
+  }
+
+  /** Asks the page for a new token; sends it as a refresh, or (after the
+   *  server ended the subscription) subscribes again with it. */
+  async refresh(channel, entry, ended) {
+    let token;
+    try {
+      token = await entry.refreshToken(channel);
+    } catch (e) {
+      console.warn("surge: token refresh failed", channel, e);
+      return;
+    }
+    if (this.channels.get(channel) !== entry || !token) return;
+    entry.token = token;
+    if (ended) this.sendSub(channel, entry);
+    else this.send({ op: "refresh", ch: channel, token });
+    this.scheduleRefresh(channel, entry);
   }
 
   /** Removes `callback` (or all callbacks) from `channel`. */
@@ -62,6 +108,7 @@ export class Surge {
     if (!entry) return;
     if (callback) entry.callbacks.delete(callback);
     if (!callback || entry.callbacks.size === 0) {
+      clearTimeout(entry.refreshTimer);
       this.channels.delete(channel);
       this.send({ op: "unsub", ch: channel });
     }
@@ -138,6 +185,11 @@ export class Surge {
       return;
     }
     if (msg.op === "error") {
+      const ended = this.channels.get(msg.ch);
+      if (msg.code === "token_expired" && ended && ended.refreshToken) {
+        this.refresh(msg.ch, ended, true);
+        return;
+      }
       console.warn("surge:", msg.ch, msg.code, msg.message);
       // The server could not load the channel's history just now (its
       // Redis is unreachable): nothing was subscribed, so ask again after
@@ -152,7 +204,7 @@ export class Surge {
       }
       return;
     }
-    if (msg.op) return; // subscribed / unsubscribed
+    if (msg.op) return; // subscribed / unsubscribed / refreshed
     const entry = this.channels.get(msg.ch);
     if (!entry) return;
     if (typeof msg.off === "number") {

@@ -53,7 +53,15 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(18_000);
     let mode = args.next().unwrap_or_else(|| "unique".into());
-    let server = spawn_surge(&["--max-connections", "19500", "--token-secret", SECRET]);
+    // Every connection comes from 127.0.0.1: no per-address cap here.
+    let server = spawn_surge(&[
+        "--max-connections",
+        "19500",
+        "--max-connections-per-ip",
+        "0",
+        "--token-secret",
+        SECRET,
+    ]);
     let addr = server.ws.trim_end_matches("/ws").to_string();
     std::thread::sleep(Duration::from_millis(300));
     let before = rss_kib(server.child.id());

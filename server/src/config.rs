@@ -25,9 +25,8 @@ pub const EPHEMERAL_LOOPBACK: [&str; 6] = [
     "127.0.0.1:0",
 ];
 
-/// Request heads are capped at 8 KiB: a browser's upgrade is under 2 KiB, and
-/// the cap bounds what a slowloris client can make us hold.
-pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Defined with its siblings in `limits.rs`; named here for older callers.
+pub use crate::limits::MAX_REQUEST_HEAD;
 
 /// The push server for booking surges.
 ///
@@ -59,8 +58,9 @@ pub struct Config {
     #[arg(long, env = "SURGE_PUBLISH_LISTEN", default_value = "127.0.0.1:8081")]
     pub publish_listen: SocketAddr,
 
-    /// Admin address (/healthz, /metrics, /stats), served by its own thread
-    /// so it answers while the data port is saturated.
+    /// Admin address (/healthz, /metrics, /stats), served off the workers
+    /// with a connection cap of its own, so it answers while the data and
+    /// publish ports are saturated.
     #[arg(long, env = "SURGE_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
 
@@ -74,11 +74,26 @@ pub struct Config {
     #[arg(long, env = "SURGE_BACKLOG", default_value_t = 4096)]
     pub backlog: u32,
 
-    /// Most open WebSocket connections; past it upgrades get 503 with
-    /// Retry-After. 0 means the open-file limit less a reserve of 64 for
-    /// listeners and the other ports, so we answer 503 rather than fail accept.
+    /// Most connections on the public port, those still in the handshake
+    /// included; past it new ones get 503 with Retry-After. 0 means the
+    /// open-file limit less a reserve (see `limits::fd_reserve`) for the
+    /// listeners, the publish and admin ports and the 503 answer itself, so
+    /// those always work and accept never runs out. A larger value is
+    /// lowered to that.
     #[arg(long, env = "SURGE_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+
+    /// Most connections on the public port from one source address (an
+    /// IPv6 address counts by its /64, what one subscriber gets); past it
+    /// new ones from there get 503 with Retry-After. 0: no cap. The default
+    /// is sized for carrier-grade NAT: mobile carriers put hundreds to
+    /// thousands of subscribers behind one public IPv4 address, and in a
+    /// surge many of them have the booking page open at once. 4096 lets
+    /// such an address in, while one attacking host holds at most 4096
+    /// sockets (~30 MB of kernel memory), not the box. Load tests from a
+    /// few loopback addresses set it to 0.
+    #[arg(long, env = "SURGE_MAX_CONNECTIONS_PER_IP", default_value_t = 4096)]
+    pub max_connections_per_ip: usize,
 
     /// Seconds the client is told to wait in Retry-After when we are full.
     #[arg(long, env = "SURGE_RETRY_AFTER", default_value = "5s")]
@@ -114,13 +129,26 @@ pub struct Config {
     #[arg(long, env = "SURGE_MAX_OUTBOUND", default_value = "256KiB")]
     pub max_outbound: ByteSize,
 
+    /// Frames (commands, pings, pongs, fragments) a connection may send per
+    /// second, after a burst of 128; past it the connection is closed with
+    /// 1008. A browser sends a few commands at connect and a pong every
+    /// 25 s; 20/s is far above that and still makes a flood of pings or
+    /// commands cost the flooder its connection within seconds. 0: no limit.
+    #[arg(long, env = "SURGE_MAX_MESSAGE_RATE", default_value_t = 20)]
+    pub max_message_rate: u32,
+
     /// Subscriptions per connection. A slot board needs a clinic and the
     /// user's own channel; 32 leaves room without letting one socket pin
     /// thousands of index entries.
     #[arg(long, env = "SURGE_MAX_SUBSCRIPTIONS", default_value_t = 32)]
     pub max_subscriptions: usize,
 
-    /// Origins allowed to connect (repeat or comma-separate). Empty: any.
+    /// Origins whose pages may connect (repeat or comma-separate), e.g.
+    /// https://book.example. Empty: only pages from the same origin as the
+    /// request's Host, which stops another site's page from opening a
+    /// socket with its visitors' cookies (cross-site WebSocket hijacking);
+    /// the demo page is same-origin. '*': any origin, explicitly. A request
+    /// without Origin is not from a browser and is always allowed.
     #[arg(
         long = "allowed-origin",
         env = "SURGE_ALLOWED_ORIGINS",
@@ -218,6 +246,14 @@ pub struct Config {
     #[serde(default)]
     pub token_secret: Option<String>,
 
+    /// The secret before the last rotation: tokens it signed are still
+    /// accepted (until they expire), new ones are checked against both.
+    /// Rotate by moving the old --token-secret here; drop it once the
+    /// longest token lifetime has passed.
+    #[arg(long, env = "SURGE_TOKEN_SECRET_PREVIOUS", hide_env_values = true)]
+    #[serde(default)]
+    pub token_secret_previous: Option<String>,
+
     /// API key the booking backend sends as `Authorization: Bearer KEY` on
     /// every publish request. Without one, --publish-listen must be loopback.
     #[arg(long, env = "SURGE_API_KEY", hide_env_values = true)]
@@ -251,6 +287,13 @@ pub struct Config {
     /// the push protocol (used to run the Autobahn|Testsuite).
     #[arg(long, env = "SURGE_ECHO", default_value_t = false)]
     pub echo: bool,
+
+    /// Testing only: messages `surge-test:panic` and `surge-test:kill-worker`
+    /// make the server panic in a handler or kill a worker, so tests can
+    /// prove a bug is contained. Never set in production.
+    #[arg(long, hide = true, default_value_t = false)]
+    #[serde(skip)]
+    pub test_panic_hooks: bool,
 }
 
 /// How log lines are written (`--log-format`).
@@ -501,6 +544,14 @@ impl Config {
         if self.token_secret.as_ref().is_some_and(|k| k.len() < 16) {
             fail("--token-secret must be at least 16 bytes".into());
         }
+        if let Some(previous) = &self.token_secret_previous {
+            if previous.len() < 16 || self.token_secret.is_none() {
+                fail(
+                    "--token-secret-previous must be at least 16 bytes, beside a --token-secret"
+                        .into(),
+                );
+            }
+        }
         if self.history_size == 0 {
             fail("--history-size must be at least 1 (the last value)".into());
         }
@@ -548,9 +599,10 @@ impl Config {
             }
         }
         for origin in &self.allowed_origins {
-            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+            let any = origin == "*";
+            if !(any || origin.starts_with("http://") || origin.starts_with("https://")) {
                 fail(format!(
-                    "--allowed-origin '{origin}' must start with http:// or https://"
+                    "--allowed-origin '{origin}' must be '*' or start with http:// or https://"
                 ));
             }
         }
@@ -558,14 +610,16 @@ impl Config {
     }
 
     /// The connection limit in force: the configured one, or derived from
-    /// the open-file limit.
+    /// the open-file limit, never more than the descriptors left after the
+    /// reserve.
     pub fn effective_max_connections(&self) -> usize {
-        if self.max_connections > 0 {
-            return self.max_connections;
+        let available = crate::core::sys::open_file_limit()
+            .saturating_sub(crate::limits::fd_reserve(self.workers))
+            .max(1);
+        match self.max_connections {
+            0 => available,
+            n => n.min(available),
         }
-        crate::core::sys::open_file_limit()
-            .saturating_sub(64)
-            .max(1)
     }
 
     /// History retention, with the per-prefix rules parsed.
@@ -610,20 +664,100 @@ impl Config {
         !self.private_prefix.is_empty() && channel.starts_with(&self.private_prefix)
     }
 
-    /// Whether `origin` may connect.
-    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        self.allowed_origins.is_empty()
-            || origin.is_some_and(|o| {
-                self.allowed_origins
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(o))
-            })
+    /// The key private channel tokens are checked with: the secret, and the
+    /// previous one during a rotation. `None` without a secret.
+    pub fn token_key(&self) -> Option<crate::channels::token::TokenKey> {
+        let key = crate::channels::token::TokenKey::new(self.token_secret.as_ref()?.as_bytes())?;
+        match &self.token_secret_previous {
+            Some(previous) => key.with_previous(previous.as_bytes()),
+            None => Some(key),
+        }
     }
+
+    /// Whether a page at `origin` may connect to us, reached as `host`;
+    /// the error says why not.
+    pub fn check_origin(&self, origin: Option<&str>, host: Option<&str>) -> Result<(), String> {
+        let Some(origin) = origin else {
+            return Ok(());
+        };
+        if self.allowed_origins.is_empty() {
+            let same = host.is_some_and(|h| same_origin(origin, h));
+            return match same {
+                true => Ok(()),
+                false => Err(format!(
+                    "origin {origin} is not this host ({}); the server must list it with --allowed-origin",
+                    host.unwrap_or("none")
+                )),
+            };
+        }
+        let listed = self
+            .allowed_origins
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
+        match listed {
+            true => Ok(()),
+            false => Err(format!("origin {origin} is not in --allowed-origin")),
+        }
+    }
+}
+
+/// Whether `origin` (scheme://authority) names the same place as the
+/// request's `host` header, default ports made explicit on both sides.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let (authority, default_port) = if let Some(a) = origin.strip_prefix("http://") {
+        (a, ":80")
+    } else if let Some(a) = origin.strip_prefix("https://") {
+        (a, ":443")
+    } else {
+        return false;
+    };
+    let with_port = |a: &str| {
+        // An IPv6 literal ends in ']' unless a port follows it.
+        let has_port = a.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
+        if has_port {
+            a.to_ascii_lowercase()
+        } else {
+            format!("{}{default_port}", a.to_ascii_lowercase())
+        }
+    };
+    with_port(authority) == with_port(host)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_must_match_host_by_default() {
+        let c = Config::default();
+        assert!(c.check_origin(None, Some("x:8080")).is_ok());
+        assert!(c
+            .check_origin(Some("http://x:8080"), Some("X:8080"))
+            .is_ok());
+        assert!(c.check_origin(Some("http://x"), Some("x:80")).is_ok());
+        assert!(c.check_origin(Some("https://x"), Some("x")).is_ok());
+        assert!(c
+            .check_origin(Some("http://[::1]:80"), Some("[::1]"))
+            .is_ok());
+        assert!(c
+            .check_origin(Some("https://evil.example"), Some("x"))
+            .is_err());
+        assert!(c
+            .check_origin(Some("http://x:8081"), Some("x:8080"))
+            .is_err());
+        assert!(c.check_origin(Some("null"), Some("x")).is_err());
+        let any = Config::load_from(["surge", "--allowed-origin", "*"]).unwrap();
+        assert!(any
+            .check_origin(Some("https://evil.example"), Some("x"))
+            .is_ok());
+        let list = Config::load_from(["surge", "--allowed-origin", "https://a.example"]).unwrap();
+        assert!(list
+            .check_origin(Some("https://a.example"), Some("x"))
+            .is_ok());
+        assert!(list
+            .check_origin(Some("https://b.example"), Some("x"))
+            .is_err());
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -13,9 +13,11 @@
 //! - `admin`: health, metrics and stats on their own port.
 //! - `web`, `demo`: the embedded slot board page and `surge --demo`'s
 //!   simulated booking backend.
-//! - `config`, `units`: options, defaults and their validation.
 //! - `ops`: systemd notifications and watchdog, logging, process figures,
 //!   `check-config` and `print-config`.
+//! - `config`, `units`: options, defaults and their validation; `limits`:
+//!   the fixed limits, each defined once.
+//! - `http`: the hardened HTTP stack under the publish and admin ports.
 //! - `server`: all of it started and stopped together.
 
 pub mod admin;
@@ -26,6 +28,7 @@ pub mod core;
 pub mod demo;
 pub mod engine;
 pub mod http;
+pub mod limits;
 pub mod ops;
 pub mod server;
 pub mod units;

@@ -6,7 +6,9 @@
 //! configuration without starting anything.
 
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -16,6 +18,13 @@ use surge::ops::notify::{self, Notifier};
 use surge::ops::watchdog::{Liveness, Watchdog};
 use surge::ops::{config_cmd, logging};
 use surge::{Config, Server};
+
+/// Exit status when a worker thread died (EX_SOFTWARE): not a clean stop,
+/// so a supervisor restarts the process.
+const EXIT_WORKER_DIED: u8 = 70;
+
+/// How often the main thread looks for a signal or a dead worker.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Mints a token for a private channel, as the booking backend would.
 #[derive(clap::Parser)]
@@ -106,16 +115,24 @@ fn main() -> ExitCode {
             .map_err(|e| tracing::error!(error = %e, "cannot start the watchdog thread"))
             .ok()
         });
-    for signal in signals.forever() {
-        if signal == SIGHUP {
-            notifier.send("RELOADING=1");
-            reload(&mut server, &log);
-            notifier.ready();
-            continue;
+    let code = loop {
+        if let Some(signal) = signals.pending().next() {
+            if signal == SIGHUP {
+                notifier.send("RELOADING=1");
+                reload(&mut server, &log);
+                notifier.ready();
+                continue;
+            }
+            tracing::info!(signal, "shutting down");
+            break ExitCode::SUCCESS;
         }
-        tracing::info!(signal, "shutting down");
-        break;
-    }
+        if server.metrics.dead_workers.load(Ordering::Relaxed) > 0 {
+            // Never run half-dead: exit so the supervisor starts a whole one.
+            tracing::error!("a worker thread died; exiting for a restart");
+            break ExitCode::from(EXIT_WORKER_DIED);
+        }
+        std::thread::sleep(WATCH_INTERVAL);
+    };
     notifier.stopping();
     if let Some(watchdog) = &watchdog {
         watchdog.shutting_down();
@@ -124,7 +141,7 @@ fn main() -> ExitCode {
     if let Some(watchdog) = watchdog {
         watchdog.stop();
     }
-    ExitCode::SUCCESS
+    code
 }
 
 /// SIGHUP: the configuration again from the same flags, the environment the

@@ -20,7 +20,7 @@ use crate::engine::log::{random_u64, Clock};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::SharedEngine;
-use crate::http::{BindError, Service};
+use crate::http::{BindError, Runtime, Service};
 use crate::ops::reload::Plan as ReloadPlan;
 
 /// Why the server could not start. All are fatal at start.
@@ -52,6 +52,7 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     publish: Service,
     admin: Service,
+    runtime: Runtime,
     demo: Option<DemoBackend>,
     stopping: Arc<AtomicBool>,
 }
@@ -129,6 +130,7 @@ impl Server {
             metrics: metrics.clone(),
             engine: engine.clone(),
             demo: demo_front,
+            addresses: Default::default(),
         };
         let mut workers = Vec::with_capacity(config.workers);
         for (id, ((poll, listener), inbox)) in
@@ -144,8 +146,18 @@ impl Server {
         }
 
         let stopping = Arc::new(AtomicBool::new(false));
-        let publish = api::spawn(&config, engine.clone(), metrics.clone())?;
-        let admin = admin::spawn(config.admin_listen, metrics.clone(), stopping.clone())?;
+        let runtime = Runtime::start().map_err(|source| StartError::Worker {
+            id: usize::MAX,
+            source,
+        })?;
+        let handle = runtime.handle();
+        let publish = api::spawn(&handle, &config, engine.clone(), metrics.clone())?;
+        let admin = admin::spawn(
+            &handle,
+            config.admin_listen,
+            metrics.clone(),
+            stopping.clone(),
+        )?;
         let demo = match demo_bookings {
             Some(rx) => Some(
                 demo::start_backend(rx, publish.addr, config.api_key.clone()).map_err(
@@ -178,6 +190,7 @@ impl Server {
             workers,
             publish,
             admin,
+            runtime,
             demo,
             stopping,
         })
@@ -216,6 +229,7 @@ impl Server {
         }
         self.publish.stop();
         self.admin.stop();
+        self.runtime.stop();
         tracing::info!("surge stopped");
     }
 }

@@ -206,7 +206,16 @@ fn client_that_answers_pings_is_kept_and_one_that_does_not_is_closed_4001() {
 
 #[test]
 fn ping_flood_without_reading_is_closed_as_too_slow_and_others_are_unaffected() {
-    let server = start(&["--max-outbound", "64KiB", "--max-publish-data", "16KiB"]);
+    // The rate limit would close the flooder first (1008, see
+    // hostile_frames.rs); off here, this pins the outbound bound alone.
+    let server = start(&[
+        "--max-outbound",
+        "64KiB",
+        "--max-publish-data",
+        "16KiB",
+        "--max-message-rate",
+        "0",
+    ]);
     let mut ok = healthy(&server);
     let flooder = raw_ws(server.public_addr, "/ws");
     flooder.set_nonblocking(true).unwrap();

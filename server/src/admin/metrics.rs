@@ -25,7 +25,7 @@ pub const CLOSE_CODES: [u16; 11] = [
     close::UNSUPPORTED_DATA,
     close::ABNORMAL,
     close::INVALID_PAYLOAD,
-    1008,
+    close::POLICY_VIOLATION,
     close::MESSAGE_TOO_BIG,
     close::INTERNAL_ERROR,
     close::TOO_SLOW,
@@ -34,7 +34,7 @@ pub const CLOSE_CODES: [u16; 11] = [
 
 /// Publish API statuses counted one by one when a request is refused;
 /// anything else is counted as "other".
-pub const PUBLISH_REFUSALS: [u16; 4] = [400, 401, 413, 503];
+pub const PUBLISH_REFUSALS: [u16; 6] = [400, 401, 408, 413, 500, 503];
 
 /// Counters written by one worker thread only.
 #[derive(Default)]
@@ -54,6 +54,13 @@ pub struct WorkerMetrics {
     pub handshake_failures: [AtomicU64; HandshakeError::LABELS.len()],
     /// Indexed like [`CLOSE_CODES`], plus one slot for other codes.
     pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
+    /// Connections closed 1008 for sending frames past their rate.
+    pub rate_limited: AtomicU64,
+    /// Panics caught while handling one connection's event (each closed 1011).
+    pub panics: AtomicU64,
+    /// Connections refused at accept with a bare close, past the shedding
+    /// budget (the others got a 503 and are counted as handshake failures).
+    pub dropped_at_accept: AtomicU64,
     /// The second (of the worker's clock) its loop last turned: the
     /// systemd watchdog sees a stuck worker by this standing still.
     pub heartbeat: AtomicU64,
@@ -85,8 +92,17 @@ impl WorkerMetrics {
 /// All counters of one server.
 pub struct Metrics {
     pub workers: Vec<CachePadded<WorkerMetrics>>,
-    /// Upgraded connections across workers; checked against the limit.
+    /// Upgraded connections across workers.
     pub open_connections: AtomicUsize,
+    /// Sockets held on the public port (in the handshake, open or
+    /// closing); checked against the connection limit at accept.
+    pub sockets: AtomicUsize,
+    /// Worker threads that died; /healthz is not 200 while it is non-zero.
+    pub dead_workers: AtomicU64,
+    /// Connections the publish port turned away at its cap.
+    pub publish_busy: AtomicU64,
+    /// Connections the admin port turned away at its cap.
+    pub admin_busy: AtomicU64,
     pub publish_requests: AtomicU64,
     pub publish_rejected: AtomicU64,
     /// Indexed like [`PUBLISH_REFUSALS`], plus one slot for other statuses.
@@ -107,6 +123,10 @@ impl Metrics {
                 .map(|_| CachePadded::new(WorkerMetrics::default()))
                 .collect(),
             open_connections: AtomicUsize::new(0),
+            sockets: AtomicUsize::new(0),
+            dead_workers: AtomicU64::new(0),
+            publish_busy: AtomicU64::new(0),
+            admin_busy: AtomicU64::new(0),
             publish_requests: AtomicU64::new(0),
             publish_rejected: AtomicU64::new(0),
             publish_refusals: Default::default(),
@@ -336,6 +356,52 @@ impl Metrics {
                 &[(kind, status.followed_channels)],
             );
         }
+        metric(
+            "public_sockets",
+            "gauge",
+            "Sockets held on the public port, handshakes included.",
+            &one(self.sockets.load(Relaxed) as u64),
+        );
+        metric(
+            "rate_limit_closes_total",
+            "counter",
+            "Connections closed 1008 for frames or commands past their rate.",
+            &one(self.sum(|w| &w.rate_limited)),
+        );
+        metric(
+            "handler_panics_total",
+            "counter",
+            "Panics caught handling one connection (that connection closed 1011).",
+            &one(self.sum(|w| &w.panics)),
+        );
+        metric(
+            "dropped_at_accept_total",
+            "counter",
+            "Connections closed at accept without an answer (shedding budget spent).",
+            &one(self.sum(|w| &w.dropped_at_accept)),
+        );
+        metric(
+            "dead_workers",
+            "gauge",
+            "Worker threads that died (the process exits to be restarted).",
+            &one(self.dead_workers.load(Relaxed)),
+        );
+        let busy = vec![
+            (
+                "{port=\"publish\"}".to_string(),
+                self.publish_busy.load(Relaxed),
+            ),
+            (
+                "{port=\"admin\"}".to_string(),
+                self.admin_busy.load(Relaxed),
+            ),
+        ];
+        metric(
+            "http_busy_total",
+            "counter",
+            "Connections turned away at a port's connection cap.",
+            &busy,
+        );
         let rss = crate::core::sys::resident_bytes().unwrap_or(0);
         metric(
             "resident_memory_bytes",
@@ -414,6 +480,10 @@ impl Metrics {
     /// Why this server is not healthy, if it is not: today, an engine that
     /// cannot reach its shared store (new subscriptions and publishes fail).
     pub fn unhealthy(&self) -> Option<String> {
+        let dead = self.dead_workers.load(Relaxed);
+        if dead > 0 {
+            return Some(format!("{dead} worker(s) died; restart me"));
+        }
         let engine = self.engine.get()?;
         let status = engine.status();
         (!status.connected).then(|| format!("{} engine disconnected", status.kind))

@@ -1,51 +1,54 @@
-//! The admin HTTP endpoints: `/healthz`, `/metrics`, `/stats`.
+//! The admin HTTP endpoints: `/healthz`, `/metrics`, `/stats`, on the
+//! shared HTTP stack with a connection cap of their own, so a flood of the
+//! publish or data port never reaches them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tiny_http::Request;
+use hyper::body::Incoming;
+use hyper::Request;
 
 use crate::admin::metrics::Metrics;
-use crate::http::{respond, BindError, Service};
-
-/// One thread: scrapes are rare, and a separate thread from the workers is
-/// what keeps them answering under load.
-const THREADS: usize = 1;
+use crate::http::server::BusyCounter;
+use crate::http::{answer, Answer, BindError, Service};
+use crate::limits::MAX_ADMIN_CONNECTIONS;
 
 /// Starts the admin endpoints. `/healthz` answers 503 once `stopping` is set,
-/// so a load balancer drains this instance during shutdown.
+/// so a load balancer drains this instance during shutdown, and once a
+/// worker has died, so a supervisor replaces it.
 pub fn spawn(
+    runtime: &tokio::runtime::Handle,
     addr: std::net::SocketAddr,
     metrics: Arc<Metrics>,
     stopping: Arc<AtomicBool>,
 ) -> Result<Service, BindError> {
-    Service::start("admin", addr, THREADS, move |request| {
-        handle(&metrics, &stopping, request)
-    })
+    fn busy(m: &Metrics) -> &AtomicU64 {
+        &m.admin_busy
+    }
+    let counters: (Arc<Metrics>, BusyCounter) = (metrics.clone(), busy);
+    Service::start(
+        runtime,
+        "admin",
+        addr,
+        MAX_ADMIN_CONNECTIONS,
+        counters,
+        move |request| {
+            let answer = handle(&metrics, &stopping, &request);
+            async move { answer }
+        },
+    )
 }
 
-fn handle(metrics: &Metrics, stopping: &AtomicBool, request: Request) {
-    let path = request.url().split('?').next().unwrap_or("");
-    match path {
-        "/healthz" if stopping.load(Ordering::Relaxed) => {
-            respond(request, 503, "text/plain", "shutting down\n".into())
-        }
+fn handle(metrics: &Metrics, stopping: &AtomicBool, request: &Request<Incoming>) -> Answer {
+    let text = |status, body: &str| answer(status, "text/plain", body.into(), &[]);
+    match request.uri().path() {
+        "/healthz" if stopping.load(Ordering::Relaxed) => text(503, "shutting down\n"),
         "/healthz" => match metrics.unhealthy() {
-            Some(why) => respond(request, 503, "text/plain", format!("{why}\n")),
-            None => respond(request, 200, "text/plain", "ok\n".into()),
+            Some(why) => text(503, &format!("{why}\n")),
+            None => text(200, "ok\n"),
         },
-        "/metrics" => respond(
-            request,
-            200,
-            "text/plain; version=0.0.4",
-            metrics.prometheus(),
-        ),
-        "/stats" => respond(request, 200, "application/json", metrics.stats_json()),
-        _ => respond(
-            request,
-            404,
-            "text/plain",
-            "no such endpoint; try /healthz, /metrics, /stats\n".into(),
-        ),
+        "/metrics" => answer(200, "text/plain; version=0.0.4", metrics.prometheus(), &[]),
+        "/stats" => answer(200, "application/json", metrics.stats_json(), &[]),
+        _ => text(404, "no such endpoint; try /healthz, /metrics, /stats\n"),
     }
 }

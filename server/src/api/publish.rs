@@ -5,23 +5,24 @@
 //! spreads them. It must not know about workers or connections.
 
 use std::borrow::Cow;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::{Method, Request};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
-use tiny_http::{Method, Request};
 
 use crate::admin::metrics::Metrics;
 use crate::channels::name;
 use crate::config::Config;
 use crate::engine::{EngineError, Position, SharedEngine};
-use crate::http::{read_body, respond, respond_error_with, BindError, Service};
-
-/// Threads serving the publish API: a backend publishes from a few
-/// connections; each request is short work.
-const THREADS: usize = 4;
+use crate::http::server::BusyCounter;
+use crate::http::{answer, error, read_body, Answer, BindError, BodyError, Service};
+use crate::limits::MAX_PUBLISH_CONNECTIONS;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,16 +52,20 @@ enum PublishError {
     EmptyBatch,
     #[error("{0}; retry shortly")]
     Overloaded(String),
-    #[error("reading the body failed: {0}")]
-    Read(String),
+    #[error("{0}")]
+    Body(#[from] BodyError),
+    #[error("the publish failed inside the server")]
+    Internal,
 }
 
 impl PublishError {
     fn status(&self) -> u16 {
         match self {
             PublishError::Unauthorized => 401,
-            PublishError::BodyTooLarge(_) => 413,
+            PublishError::BodyTooLarge(_) | PublishError::Body(BodyError::TooLarge(_)) => 413,
+            PublishError::Body(BodyError::Timeout) => 408,
             PublishError::Overloaded(_) => 503,
+            PublishError::Internal => 500,
             _ => 400,
         }
     }
@@ -78,73 +83,82 @@ struct Ctx {
 
 /// Starts the publish API on `config.publish_listen`.
 pub fn spawn(
+    runtime: &tokio::runtime::Handle,
     config: &Config,
     engine: SharedEngine,
     metrics: Arc<Metrics>,
 ) -> Result<Service, BindError> {
-    let ctx = Ctx {
+    let ctx = Arc::new(Ctx {
         engine,
-        metrics,
+        metrics: metrics.clone(),
         api_key: config.api_key.clone(),
         max_body: config.max_publish_body.get(),
         max_batch_body: config.max_batch_body.get(),
         max_data: config.max_publish_data.get(),
         max_batch: config.max_batch,
-    };
+    });
+    fn busy(m: &Metrics) -> &AtomicU64 {
+        &m.publish_busy
+    }
+    let counters: (Arc<Metrics>, BusyCounter) = (metrics, busy);
     Service::start(
+        runtime,
         "publish API",
         config.publish_listen,
-        THREADS,
-        move |request| handle(&ctx, request),
+        MAX_PUBLISH_CONNECTIONS,
+        counters,
+        move |request| handle(ctx.clone(), request),
     )
 }
 
-fn handle(ctx: &Ctx, mut request: Request) {
-    let batch = match request.url() {
+async fn handle(ctx: Arc<Ctx>, request: Request<Incoming>) -> Answer {
+    let batch = match request.uri().path() {
         "/api/publish" => false,
         "/api/batch" => true,
         _ => {
-            return respond_error_with(
-                request,
+            return error(
                 404,
                 "no such endpoint; POST /api/publish or /api/batch",
                 &[],
             )
         }
     };
-    if request.method() != &Method::Post {
-        return respond_error_with(request, 405, "use POST", &[("Allow", "POST")]);
+    if request.method() != Method::POST {
+        return error(405, "use POST", &[("Allow", "POST")]);
     }
     ctx.metrics.publish_requests.fetch_add(1, Relaxed);
-    let result = authorize(ctx, &request).and_then(|()| publish(ctx, &mut request, batch));
+    let result = match authorize(&ctx, &request) {
+        Ok(()) => publish(&ctx, request, batch).await,
+        Err(e) => Err(e),
+    };
     ctx.metrics
         .history_bytes
         .store(ctx.engine.bytes() as u64, Relaxed);
     match result {
-        Ok(body) => respond(request, 200, "application/json", body),
+        Ok(body) => answer(200, "application/json", body, &[]),
         Err(e) => {
             ctx.metrics.count_publish_refusal(e.status());
             tracing::debug!(error = %e, "publish refused");
-            let challenge: &[(&str, &str)] = if matches!(e, PublishError::Unauthorized) {
-                &[("WWW-Authenticate", "Bearer")]
-            } else {
-                &[]
+            let extra: &[(&str, &str)] = match e {
+                PublishError::Unauthorized => &[("WWW-Authenticate", "Bearer")],
+                PublishError::Overloaded(_) => &[("Retry-After", "1")],
+                _ => &[],
             };
-            respond_error_with(request, e.status(), &e.to_string(), challenge);
+            error(e.status(), &e.to_string(), extra)
         }
     }
 }
 
 /// `Authorization: Bearer KEY`, compared in constant time.
-fn authorize(ctx: &Ctx, request: &Request) -> Result<(), PublishError> {
+fn authorize(ctx: &Ctx, request: &Request<Incoming>) -> Result<(), PublishError> {
     let Some(key) = &ctx.api_key else {
         return Ok(());
     };
     let given = request
         .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
         Ok(())
@@ -173,16 +187,35 @@ fn parse(body: &[u8], batch: bool) -> Result<Vec<PublishBody<'_>>, PublishError>
         .collect()
 }
 
-fn publish(ctx: &Ctx, request: &mut Request, batch: bool) -> Result<String, PublishError> {
+/// Reads the body on the runtime, then parses and publishes on the
+/// blocking pool: a batch is CPU work, and the engine may wait up to 2 s
+/// for room in the worker queues; neither may hold a runtime thread.
+async fn publish(
+    ctx: &Arc<Ctx>,
+    request: Request<Incoming>,
+    batch: bool,
+) -> Result<String, PublishError> {
     let max_body = if batch {
         ctx.max_batch_body
     } else {
         ctx.max_body
     };
-    let body = read_body(request, max_body)
-        .map_err(|e| PublishError::Read(e.to_string()))?
-        .ok_or(PublishError::BodyTooLarge(max_body))?;
-    let items = parse(&body, batch)?;
+    let body = read_body(request, max_body).await.map_err(|e| match e {
+        BodyError::TooLarge(n) => PublishError::BodyTooLarge(n),
+        other => PublishError::Body(other),
+    })?;
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || apply(&ctx, &body, batch))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "a publish task failed");
+            PublishError::Internal
+        })?
+}
+
+/// Checks every item, then publishes them all, in order.
+fn apply(ctx: &Ctx, body: &[u8], batch: bool) -> Result<String, PublishError> {
+    let items = parse(body, batch)?;
     if items.is_empty() {
         return Err(PublishError::EmptyBatch);
     }

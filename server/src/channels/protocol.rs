@@ -22,6 +22,13 @@ pub enum Command<'a> {
         #[serde(borrow)]
         ch: std::borrow::Cow<'a, str>,
     },
+    /// A newer token for a private subscription, before the old one expires.
+    Refresh {
+        #[serde(borrow)]
+        ch: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        token: std::borrow::Cow<'a, str>,
+    },
 }
 
 /// `"since":{"epoch":"E","off":N}` in a subscribe command.
@@ -44,6 +51,9 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// A private channel without a valid token.
     Forbidden,
+    /// A private subscription's token expired without a refresh: it has
+    /// ended (the connection stays open).
+    TokenExpired,
     /// The engine could not load the channel (Redis unreachable): retry.
     Unavailable,
 }
@@ -51,11 +61,12 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Every code, in declaration order (`code as usize` indexes it): the
     /// labels of `surge_command_errors_total`.
-    pub const ALL: [ErrorCode; 5] = [
+    pub const ALL: [ErrorCode; 6] = [
         ErrorCode::BadRequest,
         ErrorCode::BadChannel,
         ErrorCode::TooManySubscriptions,
         ErrorCode::Forbidden,
+        ErrorCode::TokenExpired,
         ErrorCode::Unavailable,
     ];
 
@@ -65,6 +76,7 @@ impl ErrorCode {
             ErrorCode::BadChannel => "bad_channel",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TokenExpired => "token_expired",
             ErrorCode::Unavailable => "unavailable",
         }
     }

@@ -22,6 +22,8 @@ use crate::wire::handshake::HandshakeError;
 pub struct ConnectQuery {
     pub channels: Vec<String>,
     pub token: Option<String>,
+    /// Private channels among them and when their token expires.
+    pub expiries: Vec<(String, u64)>,
 }
 
 impl Worker {
@@ -54,8 +56,10 @@ impl Worker {
             )));
         }
         for channel in &out.channels {
-            if let Err(e) = self.check_token(channel, out.token.as_deref()) {
-                return Err(HandshakeError::Forbidden(format!("{channel}: {e}")));
+            match self.check_token(channel, out.token.as_deref()) {
+                Ok(Some(expires)) => out.expiries.push((channel.clone(), expires)),
+                Ok(None) => {}
+                Err(e) => return Err(HandshakeError::Forbidden(format!("{channel}: {e}"))),
             }
         }
         Ok(out)
@@ -65,6 +69,11 @@ impl Worker {
     pub(crate) fn subscribe_at_connect(&mut self, token: usize, query: ConnectQuery) {
         for channel in query.channels {
             self.subscribe_checked(token, &channel, None);
+        }
+        let gen = self.conns.get(token).map_or(0, |c| c.lease_gen);
+        for (channel, expires) in query.expiries {
+            self.expiries
+                .set(token as u32, gen, &channel, expires, false);
         }
     }
 
@@ -84,19 +93,21 @@ impl Worker {
             }
             Ok(Command::Unsub { ch }) => {
                 let reply = if name::is_valid(&ch) {
-                    self.index.unsubscribe(&mut self.conns, token as u32, &ch);
+                    let held = self.index.unsubscribe(&mut self.conns, token as u32, &ch);
+                    if held && self.config.is_private(&ch) {
+                        self.expiries.forget(token as u32, &ch);
+                    }
                     protocol::reply("unsubscribed", &ch)
                 } else {
-                    return self.send_error(
-                        token,
-                        Some(&ch),
-                        ErrorCode::BadChannel,
-                        "invalid channel name",
-                    );
+                    self.counted_error(Some(&ch), ErrorCode::BadChannel, "invalid channel name")
                 };
                 self.send_text(token, reply);
             }
-            Err(reason) => self.send_error(token, None, ErrorCode::BadRequest, &reason),
+            Ok(Command::Refresh { ch, token: auth }) => self.refresh(token, &ch, &auth),
+            Err(reason) => {
+                let reply = self.counted_error(None, ErrorCode::BadRequest, &reason);
+                self.send_text(token, reply);
+            }
         }
     }
 
@@ -110,25 +121,98 @@ impl Worker {
         auth: Option<&str>,
     ) {
         if !name::is_valid(channel) {
-            let code = ErrorCode::BadChannel;
-            return self.send_error(token, Some(channel), code, "invalid channel name");
+            let reply =
+                self.counted_error(Some(channel), ErrorCode::BadChannel, "invalid channel name");
+            return self.send_text(token, reply);
         }
-        if let Err(e) = self.check_token(channel, auth) {
-            let code = ErrorCode::Forbidden;
-            return self.send_error(token, Some(channel), code, &e.to_string());
-        }
+        let expires = match self.check_token(channel, auth) {
+            Ok(expires) => expires,
+            Err(e) => {
+                let reply = self.counted_error(Some(channel), ErrorCode::Forbidden, &e.to_string());
+                return self.send_text(token, reply);
+            }
+        };
+        let renewed = expires.is_some() && self.holds(token, channel);
         self.subscribe_checked(token, channel, since);
+        if let Some(expires) = expires {
+            self.lease(token, channel, expires, renewed);
+        }
     }
 
-    /// Checks (and counts a refusal of) the token a private channel needs.
-    pub(crate) fn check_token(&self, channel: &str, auth: Option<&str>) -> Result<(), TokenError> {
+    /// Whether `token` holds `channel` (a scan of its subscribers: used
+    /// only for private channels, which have a handful).
+    fn holds(&self, token: usize, channel: &str) -> bool {
+        self.index
+            .get(channel)
+            .is_some_and(|c| c.subscribers.contains(&(token as u32)))
+    }
+
+    fn lease(&mut self, token: usize, channel: &str, expires: u64, renewed: bool) {
+        if let Some(gen) = self.conns.get(token).map(|c| c.lease_gen) {
+            self.expiries
+                .set(token as u32, gen, channel, expires, renewed);
+        }
+    }
+
+    /// A newer token for a private subscription: it now lasts until the
+    /// new token's expiry. A refused token changes nothing: the
+    /// subscription still ends when the old one expires.
+    fn refresh(&mut self, token: usize, channel: &str, auth: &str) {
+        if !(self.config.is_private(channel) && self.holds(token, channel)) {
+            let reply = self.counted_error(
+                Some(channel),
+                ErrorCode::BadRequest,
+                "refresh needs a private channel this connection holds",
+            );
+            return self.send_text(token, reply);
+        }
+        match self.check_token(channel, Some(auth)) {
+            Ok(Some(expires)) => {
+                self.lease(token, channel, expires, true);
+                self.send_text(token, protocol::reply("refreshed", channel));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let reply = self.counted_error(Some(channel), ErrorCode::Forbidden, &e.to_string());
+                self.send_text(token, reply);
+            }
+        }
+    }
+
+    /// Ends every private subscription whose token expired without a
+    /// refresh, telling the browser why; its connection stays open.
+    pub(crate) fn expire_private_subscriptions(&mut self) {
+        let conns = &self.conns;
+        let ended = self.expiries.due(unix_now(), |conn, gen| {
+            conns.get(conn as usize).is_some_and(|c| c.lease_gen == gen)
+        });
+        for lease in ended {
+            let (conn, channel) = (lease.conn, lease.channel);
+            if self.index.unsubscribe(&mut self.conns, conn, &channel) {
+                let reply = self.counted_error(
+                    Some(&channel),
+                    ErrorCode::TokenExpired,
+                    "token expired; subscribe again with a new token",
+                );
+                self.send_text(conn as usize, reply);
+            }
+        }
+    }
+
+    /// Checks (and counts a refusal of) the token a private channel needs;
+    /// `Some(expiry)` for a private channel, `None` for a public one.
+    pub(crate) fn check_token(
+        &self,
+        channel: &str,
+        auth: Option<&str>,
+    ) -> Result<Option<u64>, TokenError> {
         if !self.config.is_private(channel) {
-            return Ok(());
+            return Ok(None);
         }
         let result = match (&self.tokens, auth) {
             (None, _) => Err(TokenError::NoSecret),
             (_, None) => Err(TokenError::Missing),
-            (Some(key), Some(t)) => key.verify(t, channel, unix_now()),
+            (Some(key), Some(t)) => key.verify_until(t, channel, unix_now()).map(Some),
         };
         if let Err(e) = result {
             WorkerMetrics::add(&self.stats().token_refusals[e.index()], 1);
@@ -153,8 +237,9 @@ impl Worker {
             Ok(added) => added,
             Err(_) => {
                 let message = format!("at most {max} subscriptions per connection");
-                let code = ErrorCode::TooManySubscriptions;
-                return self.send_error(token, Some(channel), code, &message);
+                let reply =
+                    self.counted_error(Some(channel), ErrorCode::TooManySubscriptions, &message);
+                return self.send_text(token, reply);
             }
         };
         if !added {
@@ -205,12 +290,12 @@ impl Worker {
             let token = waiting.token as usize;
             self.index
                 .unsubscribe(&mut self.conns, waiting.token, channel);
-            self.send_error(
-                token,
+            let reply = self.counted_error(
                 Some(channel),
                 ErrorCode::Unavailable,
                 "channel history is unavailable right now; retry",
             );
+            self.send_text(token, reply);
         }
     }
 
@@ -227,10 +312,10 @@ impl Worker {
         WorkerMetrics::add(&self.stats().replayed, replayed);
     }
 
-    /// Answers a command with `{"op":"error"}` and counts the refusal by code.
-    fn send_error(&mut self, token: usize, channel: Option<&str>, code: ErrorCode, message: &str) {
+    /// An `{"op":"error"}` reply, counted by code for /metrics.
+    fn counted_error(&self, channel: Option<&str>, code: ErrorCode, message: &str) -> Vec<u8> {
         WorkerMetrics::add(&self.stats().command_errors[code as usize], 1);
-        self.send_text(token, protocol::error(channel, code, message));
+        protocol::error(channel, code, message)
     }
 
     pub(crate) fn send_text(&mut self, token: usize, payload: Vec<u8>) {

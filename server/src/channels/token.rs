@@ -1,11 +1,16 @@
 //! Tokens for private channels (booking confirmations on `user/ID`).
 //!
 //! Form (URL-safe, no padding): `SCOPE.EXPIRY.SIGNATURE`, where SCOPE is the
-//! base64url of a channel name (or of a prefix ending in `*`), EXPIRY is Unix
+//! base64url of a channel name (or of a prefix ending in `*`, which covers
+//! the names under that prefix and a `/`: `user/88*` and `user/88/*` both
+//! cover `user/88/receipts`, never `user/881234`), EXPIRY is Unix
 //! seconds in decimal, and SIGNATURE is the base64url of
 //! HMAC-SHA256(secret, "SCOPE.EXPIRY") over the first two parts as sent.
 //! The booking backend mints them with the shared secret; Surge only checks.
 //! The signature is checked in constant time before anything else is trusted.
+//! During a rotation a second, older secret is accepted too
+//! (`--token-secret-previous`), so tokens minted just before the switch
+//! keep working until they expire; new tokens are minted with the current one.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -46,25 +51,44 @@ impl TokenError {
     }
 }
 
-/// The shared secret, keyed once at start; each check clones the keyed
-/// state instead of re-keying.
+/// The shared secret (and, during a rotation, the previous one), keyed once
+/// at start; each check clones the keyed state instead of re-keying.
 #[derive(Clone)]
 pub struct TokenKey {
     mac: HmacSha256,
+    previous: Option<HmacSha256>,
 }
 
 impl TokenKey {
     /// `None` only if HMAC refused the key, which it does for no length.
     pub fn new(secret: &[u8]) -> Option<TokenKey> {
-        HmacSha256::new_from_slice(secret)
-            .ok()
-            .map(|mac| TokenKey { mac })
+        HmacSha256::new_from_slice(secret).ok().map(|mac| TokenKey {
+            mac,
+            previous: None,
+        })
+    }
+
+    /// Also accepts tokens signed with `previous` (verification only).
+    pub fn with_previous(mut self, previous: &[u8]) -> Option<TokenKey> {
+        self.previous = Some(HmacSha256::new_from_slice(previous).ok()?);
+        Some(self)
     }
 
     fn mac(&self, signed: &str) -> HmacSha256 {
         let mut mac = self.mac.clone();
         mac.update(signed.as_bytes());
         mac
+    }
+
+    /// Whether `sig` signs `signed` under the current or previous secret;
+    /// each comparison is constant-time.
+    fn signed_by_us(&self, signed: &str, sig: &[u8]) -> bool {
+        let check = |mac: &HmacSha256| {
+            let mut mac = mac.clone();
+            mac.update(signed.as_bytes());
+            mac.verify_slice(sig).is_ok()
+        };
+        check(&self.mac) || self.previous.as_ref().is_some_and(check)
     }
 
     /// A token for `scope` (a channel, or a prefix ending in `*`) valid until
@@ -77,27 +101,42 @@ impl TokenKey {
 
     /// Checks that `token` lets its holder subscribe to `channel` at `now`.
     pub fn verify(&self, token: &str, channel: &str, now: u64) -> Result<(), TokenError> {
+        self.verify_until(token, channel, now).map(|_| ())
+    }
+
+    /// As [`TokenKey::verify`], returning the token's expiry (Unix seconds).
+    pub fn verify_until(&self, token: &str, channel: &str, now: u64) -> Result<u64, TokenError> {
         let (signed, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let (scope, expires) = signed.split_once('.').ok_or(TokenError::Malformed)?;
         let sig = B64.decode(sig).map_err(|_| TokenError::Malformed)?;
-        self.mac(signed)
-            .verify_slice(&sig)
-            .map_err(|_| TokenError::BadSignature)?;
+        if !self.signed_by_us(signed, &sig) {
+            return Err(TokenError::BadSignature);
+        }
         let scope = B64.decode(scope).map_err(|_| TokenError::Malformed)?;
         let scope = std::str::from_utf8(&scope).map_err(|_| TokenError::Malformed)?;
         let expires: u64 = expires.parse().map_err(|_| TokenError::Malformed)?;
-        let covers = match scope.strip_suffix('*') {
-            Some(prefix) => channel.starts_with(prefix),
-            None => scope == channel,
-        };
-        if !covers {
+        if !covers(scope, channel) {
             return Err(TokenError::WrongChannel);
         }
         if now > expires {
             return Err(TokenError::Expired);
         }
-        Ok(())
+        Ok(expires)
     }
+}
+
+/// Whether a token for `scope` covers `channel`: the name itself, or for a
+/// prefix scope (`P*` or `P/*`) the names under `P/`, so that a token for
+/// user 88 never opens user 881234's channel.
+fn covers(scope: &str, channel: &str) -> bool {
+    let Some(prefix) = scope.strip_suffix('*') else {
+        return scope == channel;
+    };
+    let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+    channel
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|under| !under.is_empty())
 }
 
 /// Unix seconds now.
@@ -142,6 +181,46 @@ mod tests {
         assert_eq!(
             verify(SECRET, &p, "user/88120", 999),
             Err(TokenError::WrongChannel)
+        );
+    }
+
+    #[test]
+    fn a_prefix_covers_only_names_under_it_and_a_slash() {
+        for scope in ["user/88*", "user/88/*"] {
+            let t = mint(SECRET, scope, 1000);
+            assert_eq!(verify(SECRET, &t, "user/88/receipts", 1), Ok(()), "{scope}");
+            for other in ["user/881234", "user/88", "user/88/", "user/8"] {
+                assert_eq!(
+                    verify(SECRET, &t, other, 1),
+                    Err(TokenError::WrongChannel),
+                    "{scope} must not cover {other}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_previous_secret_still_verifies_during_a_rotation() {
+        let old = mint(b"the old secret, long enough....", "user/1", 1000);
+        let key = TokenKey::new(SECRET).unwrap();
+        assert_eq!(key.verify(&old, "user/1", 1), Err(TokenError::BadSignature));
+        let rotating = key
+            .with_previous(b"the old secret, long enough....")
+            .unwrap();
+        assert_eq!(rotating.verify(&old, "user/1", 1), Ok(()));
+        assert_eq!(
+            rotating.verify(&rotating.mint("user/1", 9), "user/1", 1),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                b"the old secret, long enough....",
+                &rotating.mint("user/1", 9),
+                "user/1",
+                1
+            ),
+            Err(TokenError::BadSignature),
+            "new tokens are signed with the current secret"
         );
     }
 

@@ -49,6 +49,9 @@ pub mod flag {
     pub const COUNTED: u8 = 1 << 4;
     /// The timer is a pong deadline (a ping went out), not the next ping.
     pub const PING_OUT: u8 = 1 << 5;
+    /// Refused at accept and held only to deliver its 503: counted in the
+    /// worker's shedding budget, not in the socket or per-address counts.
+    pub const SHED: u8 = 1 << 6;
 }
 
 /// One connection in a worker's slab. Cost at 1M idle connections: socket 4 MB,
@@ -63,6 +66,20 @@ pub struct Conn {
     pub timer_at: u32,
     pub state: State,
     pub flags: u8,
+    /// Its source address's bucket in `AddressCounts`, released at close.
+    /// Sits in what was padding: it costs no byte.
+    pub addr_bucket: u16,
+    /// Frames it may still send before the rate limit closes it (a token
+    /// bucket of `limits::MESSAGE_BURST`), refilled by `credit_at`. Both
+    /// sit in what was padding.
+    pub credit: u8,
+    /// The worker second (mod 256) the credit was last refilled: a full
+    /// refill takes under 7 s, so the wrap costs nothing.
+    pub credit_at: u8,
+    /// Which connection this is among those the slab slot has held, so a
+    /// private subscription's lease never ends a later one (`expiry.rs`).
+    /// Also in what was padding.
+    pub lease_gen: u16,
     /// Channels this connection subscribes to; two fit without a heap block.
     pub subs: SmallVec<[Sub; 2]>,
     pub rare: Option<Box<Rare>>,
@@ -79,7 +96,8 @@ pub struct Rare {
     pub utf8_checked: usize,
     /// Frames not yet written; the first may be partly written already.
     pub out: VecDeque<Bytes>,
-    /// Sum of `out`'s lengths.
+    /// What `out` costs: its bytes plus a fixed overhead per entry (see
+    /// `write::FRAME_OVERHEAD`), checked against `--max-outbound`.
     pub out_len: usize,
 }
 
@@ -96,6 +114,10 @@ impl Conn {
             timer_at,
             state: State::Handshake,
             flags: 0,
+            addr_bucket: 0,
+            credit: 0,
+            credit_at: 0,
+            lease_gen: 0,
             subs: SmallVec::new(),
             rare: None,
         }
@@ -118,7 +140,7 @@ impl Conn {
         self.rare.get_or_insert_with(Box::default)
     }
 
-    /// Unsent bytes queued on this connection.
+    /// What the unsent frames queued on this connection cost.
     pub fn unsent(&self) -> usize {
         self.rare.as_ref().map_or(0, |r| r.out_len)
     }

@@ -2,7 +2,11 @@
 //! connections, timer wheel and listener; the per-connection state; and the
 //! system calls beneath them.
 
+mod accept;
+pub mod addresses;
 pub mod conn;
+pub mod guard;
+mod rate;
 mod read;
 pub mod sys;
 pub mod timer;

@@ -188,6 +188,7 @@ impl Worker {
             }
             pos = end;
             WorkerMetrics::add(&self.metrics.workers[self.id].frames_in, 1);
+            self.spend_credit(token)?;
             self.on_frame(token, header, payload)?;
         }
         Some(pos)
@@ -317,6 +318,9 @@ impl Worker {
         }
         // Validated as UTF-8 on the way in.
         let text = std::str::from_utf8(payload).ok()?;
+        if self.config.test_panic_hooks {
+            self.test_hook(text);
+        }
         self.on_command(token, text);
         Some(())
     }

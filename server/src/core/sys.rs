@@ -68,6 +68,12 @@ pub fn is_resource_exhaustion(err: &io::Error) -> bool {
     )
 }
 
+/// A descriptor held in reserve (on /dev/null), to be given up when
+/// accept runs out so one waiting connection can be accepted and refused.
+pub fn spare_descriptor() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
 /// Keeps large allocations (the slabs, subscriber lists and hash tables
 /// that grow with connections) on their own mmap'd pages. glibc otherwise
 /// raises its mmap threshold after the first large free, so each doubling of

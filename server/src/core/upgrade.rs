@@ -103,9 +103,9 @@ impl Worker {
     /// before we answer 101, so a bad request is an HTTP error.
     fn check_upgrade(&self, req: &Request<'_>) -> Result<(String, ConnectQuery), HandshakeError> {
         let accept = validate_upgrade(req)?;
-        if !self.config.origin_allowed(req.origin) {
-            return Err(HandshakeError::OriginNotAllowed);
-        }
+        self.config
+            .check_origin(req.origin, req.host)
+            .map_err(HandshakeError::OriginNotAllowed)?;
         let query = self.check_connect_query(req.query)?;
         Ok((accept, query))
     }

@@ -7,23 +7,23 @@
 //! its own connection and nothing else.
 
 use std::io::{self, IoSlice};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::os::fd::AsRawFd;
-
 use bytes::Bytes;
 use mio::net::TcpListener;
-use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::admin::metrics::{Metrics, WorkerMetrics};
 use crate::channels::broker::{Command, Inbox, Publication};
+use crate::channels::expiry::Expiries;
 use crate::channels::index::ChannelIndex;
 use crate::channels::token::TokenKey;
 use crate::config::Config;
+use crate::core::addresses::AddressCounts;
 use crate::core::conn::{flag, Conn, State};
 use crate::core::sys;
 use crate::core::timer::TimerWheel;
@@ -42,10 +42,10 @@ pub const WAKER: Token = Token(usize::MAX);
 /// worker to itself.
 pub(crate) const MAX_READS_PER_EVENT: usize = 16;
 /// Accepts per readiness event, for the same reason.
-const MAX_ACCEPTS_PER_EVENT: usize = 256;
+pub(crate) const MAX_ACCEPTS_PER_EVENT: usize = 256;
 /// Per-worker read buffer. One per worker, not per connection: a million
 /// idle sockets own no read buffer at all.
-const SCRATCH_LEN: usize = 64 * 1024;
+pub(crate) const SCRATCH_LEN: usize = 64 * 1024;
 /// Most connections a worker's slab reserves up front (48 MB of address
 /// space at 48 bytes each); past it the slab grows as needed.
 const MAX_SLAB_RESERVE: usize = 1 << 20;
@@ -63,6 +63,8 @@ pub struct WorkerContext {
     pub engine: SharedEngine,
     /// Set with `--demo`: answers `/demo/session` and `/demo/book`.
     pub demo: Option<Arc<DemoFront>>,
+    /// Connections per source address, across workers.
+    pub addresses: Arc<AddressCounts>,
 }
 
 pub struct Worker {
@@ -93,7 +95,21 @@ pub struct Worker {
     /// kept as a count so the gauge never walks the slab.
     pub(crate) upgraded: usize,
     /// Set when accept ran out of descriptors; retried on the next tick.
-    accept_paused: bool,
+    pub(crate) accept_paused: bool,
+    /// Connections per source address, across workers.
+    pub(crate) addresses: Arc<AddressCounts>,
+    /// Refused connections held to deliver their 503 (`flag::SHED`).
+    pub(crate) shedding: usize,
+    /// A descriptor kept to give up when accept runs out (see `accept.rs`).
+    pub(crate) spare: Option<std::fs::File>,
+    /// Set by a test hook (see `guard.rs`): the loop dies after this turn.
+    pub(crate) kill_requested: bool,
+    /// When this worker's private subscriptions end (see `channels/expiry.rs`).
+    pub(crate) expiries: Expiries,
+    /// The worker second expiries were last checked in: once a second is enough.
+    expiries_checked: u32,
+    /// Generation given to the last accepted connection (`Conn::lease_gen`).
+    pub(crate) lease_gen: u16,
     /// When shutting down: the second at which we stop waiting.
     shutdown_at: Option<u32>,
 }
@@ -111,15 +127,13 @@ impl Worker {
             metrics,
             engine,
             demo,
+            addresses,
         } = ctx;
         let start_seq = engine.start_seq();
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let max_connections = config.effective_max_connections();
-        let tokens = config
-            .token_secret
-            .as_ref()
-            .and_then(|s| TokenKey::new(s.as_bytes()));
+        let tokens = config.token_key();
         // Reserve the slab for this worker's share of the limit once: the
         // pages are mapped but untouched until used, so this costs address
         // space, not RSS, and growing by doubling would leave each old
@@ -146,6 +160,13 @@ impl Worker {
             rearm: Vec::new(),
             upgraded: 0,
             accept_paused: false,
+            addresses,
+            shedding: 0,
+            spare: sys::spare_descriptor(),
+            kill_requested: false,
+            expiries: Expiries::default(),
+            expiries_checked: 0,
+            lease_gen: 0,
             shutdown_at: None,
         })
     }
@@ -155,8 +176,16 @@ impl Worker {
     }
 
     /// Runs until shut down and every connection is closed (or the shutdown
-    /// timeout passes).
+    /// timeout passes). A loop that ends any other way (a panic outside a
+    /// connection's handling, epoll failing) is a dead worker.
     pub fn run(mut self) {
+        let ended = catch_unwind(AssertUnwindSafe(|| self.run_loop()));
+        if ended.is_err() || self.shutdown_at.is_none() {
+            self.died();
+        }
+    }
+
+    fn run_loop(&mut self) {
         let mut events = Events::with_capacity(EVENTS);
         loop {
             let timeout = if self.rearm.is_empty() {
@@ -176,23 +205,30 @@ impl Worker {
                 match event.token() {
                     LISTENER => self.accept_ready(),
                     WAKER => self.drain_inbox(),
-                    Token(t) => {
+                    Token(t) => self.guarded(t, |w| {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(t);
+                            w.on_readable(t);
                         }
                         if event.is_writable() {
-                            self.on_writable(t);
+                            w.on_writable(t);
                         }
-                    }
+                    }),
                 }
             }
             for token in std::mem::take(&mut self.rearm) {
                 match token {
                     LISTENER => self.accept_ready(),
-                    Token(t) => self.on_readable(t),
+                    Token(t) => self.guarded(t, |w| w.on_readable(t)),
                 }
             }
+            if self.kill_requested {
+                panic!("test hook: worker {} dies outside any handler", self.id);
+            }
             self.fire_timers();
+            if self.expiries_checked != self.now {
+                self.expiries_checked = self.now;
+                self.expire_private_subscriptions();
+            }
             self.release_interest();
             let stats = self.stats();
             stats.open.store(self.upgraded as u64, Ordering::Relaxed);
@@ -209,52 +245,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    fn accept_ready(&mut self) {
-        for _ in 0..MAX_ACCEPTS_PER_EVENT {
-            let Some(listener) = &self.listener else {
-                return;
-            };
-            match listener.accept() {
-                Ok((socket, _peer)) => self.admit(socket),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if sys::is_resource_exhaustion(&e) => {
-                    if !self.accept_paused {
-                        tracing::warn!(worker = self.id, error = %e, "accept paused: out of descriptors or memory");
-                    }
-                    self.accept_paused = true;
-                    return;
-                }
-                Err(e) => tracing::debug!(worker = self.id, error = %e, "accept failed"),
-            }
-        }
-        self.rearm.push(LISTENER);
-    }
-
-    fn admit(&mut self, socket: mio::net::TcpStream) {
-        let socket = std::net::TcpStream::from(socket);
-        // Pushes are small frames that must leave at once, not wait for Nagle.
-        if let Err(e) = socket.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY failed");
-        }
-        let entry = self.conns.vacant_entry();
-        let Ok(token) = u32::try_from(entry.key()) else {
-            return;
-        };
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&socket.as_raw_fd()),
-            Token(entry.key()),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            tracing::warn!(worker = self.id, error = %e, "registering a connection failed");
-            return;
-        }
-        let at = self.now + self.config.handshake_timeout.0 as u32;
-        entry.insert(Conn::new(socket, at));
-        self.wheel.schedule(token, at);
-        WorkerMetrics::add(&self.stats().accepted, 1);
     }
 
     fn drain_inbox(&mut self) {
@@ -377,10 +367,7 @@ impl Worker {
     /// Takes a reloaded configuration: limits, timeouts and origins are read
     /// from it where used; the token key is derived here once.
     fn reload(&mut self, config: Arc<Config>) {
-        self.tokens = config
-            .token_secret
-            .as_ref()
-            .and_then(|s| TokenKey::new(s.as_bytes()));
+        self.tokens = config.token_key();
         self.config = config;
     }
 
@@ -413,7 +400,7 @@ impl Worker {
                     }
                     continue;
                 }
-                self.on_timer(token as usize);
+                self.guarded(token as usize, |w| w.on_timer(token as usize));
             }
             self.wheel.recycle(second, tokens);
         }

@@ -24,6 +24,19 @@ use crate::wire::handshake::{refusal, HandshakeError};
 /// Queue entries written per `writev`.
 const IOV_BATCH: usize = 64;
 
+/// What a queued frame costs beyond its bytes: its `Bytes` entry in the
+/// queue (32) and the allocator's minimum chunk for a frame of our own (32;
+/// a pong to an empty ping is 2 bytes in a 32-byte chunk). Counted against
+/// the unsent bound so that a client that floods pings or tiny commands and
+/// never reads is closed after ~4,000 queued answers (256 KiB / 64), not
+/// after 130,000 of them holding 8 MB.
+pub const FRAME_OVERHEAD: usize = size_of::<Bytes>() + 32;
+
+/// What `frame` costs while queued.
+fn cost(frame: &[u8]) -> usize {
+    frame.len() + FRAME_OVERHEAD
+}
+
 /// Why a frame could not be sent.
 #[derive(Debug)]
 pub enum SendError {
@@ -47,7 +60,7 @@ pub fn write_or_queue(
     if conn.state == State::Closing {
         return Ok(0);
     }
-    let total: usize = frames.iter().map(Bytes::len).sum();
+    let total: usize = frames.iter().map(|f| cost(f)).sum();
     if conn.unsent() == 0 {
         let result = match frames {
             [one] => (&conn.socket).write(one),
@@ -63,7 +76,22 @@ pub fn write_or_queue(
         // A batch the socket took only part of may leave more than the
         // bound: then only the frame already begun is completed (the stream
         // must stay valid) and the connection is closed as too slow.
-        let over = total - written > bound;
+        let left: usize = {
+            let mut skip = written;
+            frames
+                .iter()
+                .map(|f| {
+                    let taken = skip.min(f.len());
+                    skip -= taken;
+                    if taken == f.len() {
+                        0
+                    } else {
+                        cost(f) - taken
+                    }
+                })
+                .sum()
+        };
+        let over = left > bound;
         // Queue what the kernel did not take: the rest of a partly written
         // frame (a slice of the shared buffer) and the frames after it.
         for frame in frames {
@@ -91,7 +119,7 @@ pub fn write_or_queue(
 
 fn queue(conn: &mut Conn, frame: Bytes) {
     let rare = conn.rare();
-    rare.out_len += frame.len();
+    rare.out_len += cost(&frame);
     rare.out.push_back(frame);
 }
 
@@ -119,16 +147,17 @@ fn flush(conn: &mut Conn) -> io::Result<(bool, usize)> {
             Err(e) => return Err(e),
         };
         written += n;
-        rare.out_len -= n;
         while n > 0 {
             let Some(front) = rare.out.front_mut() else {
                 break;
             };
             if n >= front.len() {
                 n -= front.len();
+                rare.out_len -= cost(front);
                 rare.out.pop_front();
             } else {
                 let _ = front.split_to(n);
+                rare.out_len -= n;
                 n = 0;
             }
         }
@@ -168,7 +197,7 @@ impl Worker {
                     // and put the close frame after it.
                     if let Some(rare) = conn.rare.as_mut() {
                         rare.out.truncate(1);
-                        rare.out_len = rare.out.front().map_or(0, |b| b.len());
+                        rare.out_len = rare.out.front().map_or(0, |b| cost(b));
                     }
                 }
                 self.close_with(token, close::TOO_SLOW, "too slow");
@@ -260,6 +289,7 @@ impl Worker {
         if let Some(conn) = self.conns.get_mut(token) {
             if conn.has(flag::COUNTED) {
                 conn.clear(flag::COUNTED);
+                self.upgraded -= 1;
                 self.metrics
                     .open_connections
                     .fetch_sub(1, Ordering::Relaxed);
@@ -281,6 +311,12 @@ impl Worker {
         self.index.unsubscribe_all(&mut self.conns, token as u32);
         self.uncount(token);
         if let Some(conn) = self.conns.try_remove(token) {
+            if conn.has(flag::SHED) {
+                self.shedding -= 1;
+            } else {
+                self.metrics.sockets.fetch_sub(1, Ordering::Relaxed);
+                self.addresses.release(conn.addr_bucket);
+            }
             // Closing the fd removes it from epoll; deregistering first keeps
             // that true even if the fd were ever duplicated.
             let _ = self

@@ -29,6 +29,7 @@ live_options!(
     log,
     allowed_origins,
     token_secret,
+    token_secret_previous,
     private_prefix,
     max_message,
     max_outbound,
@@ -132,7 +133,13 @@ mod tests {
 
     #[test]
     fn every_live_option_is_an_option() {
-        let table = toml::Table::try_from(load(&["--token-secret", "0123456789abcdef"])).unwrap();
+        let table = toml::Table::try_from(load(&[
+            "--token-secret",
+            "0123456789abcdef",
+            "--token-secret-previous",
+            "fedcba9876543210",
+        ]))
+        .unwrap();
         for field in LIVE {
             assert!(table.contains_key(&field.replace('_', "-")), "{field}");
         }

@@ -19,6 +19,9 @@ pub const NO_STATUS: CloseCode = 1005;
 pub const ABNORMAL: CloseCode = 1006;
 /// A text message or close reason was not valid UTF-8.
 pub const INVALID_PAYLOAD: CloseCode = 1007;
+/// The peer broke a policy: it sent frames or commands faster than its
+/// rate allows.
+pub const POLICY_VIOLATION: CloseCode = 1008;
 /// The peer sent a message over the inbound size limit.
 pub const MESSAGE_TOO_BIG: CloseCode = 1009;
 /// Something went wrong inside the server; reconnect.

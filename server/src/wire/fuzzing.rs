@@ -41,7 +41,7 @@ pub fn frame_decode(data: &[u8]) {
 
 /// Parses `data` as an upgrade request head and validates it.
 pub fn upgrade_parse(data: &[u8]) {
-    if let Ok(Some(req)) = parse_request(data, 8 * 1024) {
+    if let Ok(Some(req)) = parse_request(data, crate::limits::MAX_REQUEST_HEAD) {
         assert!(req.head_len <= data.len());
         let _ = validate_upgrade(&req);
         if let Some(query) = req.query {

@@ -11,8 +11,7 @@ use sha1::{Digest, Sha1};
 
 /// RFC 6455 section 1.3: the GUID appended to the key before hashing.
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-/// Headers parsed per request; a browser sends about 15, more is abuse.
-const MAX_HEADERS: usize = 32;
+use crate::limits::{MAX_HEADERS, MAX_RESPONSE_HEAD};
 
 /// A parsed request head, borrowing from the read buffer.
 #[derive(Debug)]
@@ -52,8 +51,8 @@ pub enum HandshakeError {
     BadVersion,
     #[error("Sec-WebSocket-Key must be 16 bytes in base64")]
     BadKey,
-    #[error("origin not allowed")]
-    OriginNotAllowed,
+    #[error("origin not allowed: {0}")]
+    OriginNotAllowed(String),
     #[error("private channel refused: {0}")]
     Forbidden(String),
     #[error("no such path")]
@@ -62,6 +61,8 @@ pub enum HandshakeError {
     BadQuery(String),
     #[error("server at its connection limit")]
     AtCapacity,
+    #[error("too many connections from your address")]
+    PerAddress,
     #[error("request head not received in time")]
     Timeout,
 }
@@ -79,9 +80,9 @@ impl HandshakeError {
             | HandshakeError::BadQuery(_) => 400,
             HandshakeError::HeadTooLarge(_) => 431,
             HandshakeError::BadVersion => 426,
-            HandshakeError::OriginNotAllowed | HandshakeError::Forbidden(_) => 403,
+            HandshakeError::OriginNotAllowed(_) | HandshakeError::Forbidden(_) => 403,
             HandshakeError::NotFound => 404,
-            HandshakeError::AtCapacity => 503,
+            HandshakeError::AtCapacity | HandshakeError::PerAddress => 503,
             HandshakeError::Timeout => 408,
         }
     }
@@ -97,17 +98,18 @@ impl HandshakeError {
             HandshakeError::NotUpgrade => "not_upgrade",
             HandshakeError::BadVersion => "bad_version",
             HandshakeError::BadKey => "bad_key",
-            HandshakeError::OriginNotAllowed => "origin",
+            HandshakeError::OriginNotAllowed(_) => "origin",
             HandshakeError::Forbidden(_) => "forbidden",
             HandshakeError::NotFound => "not_found",
             HandshakeError::BadQuery(_) => "bad_query",
             HandshakeError::AtCapacity => "at_capacity",
+            HandshakeError::PerAddress => "per_address",
             HandshakeError::Timeout => "timeout",
         }
     }
 
     /// Every label, for metrics that must list all of them from the start.
-    pub const LABELS: [&'static str; 14] = [
+    pub const LABELS: [&'static str; 15] = [
         "malformed",
         "head_too_large",
         "not_get",
@@ -122,6 +124,7 @@ impl HandshakeError {
         "at_capacity",
         "timeout",
         "forbidden",
+        "per_address",
     ];
 
     /// Index into [`Self::LABELS`].
@@ -257,7 +260,9 @@ pub fn refusal(err: &HandshakeError, retry_after_secs: u32) -> Vec<u8> {
     };
     let extra = match err {
         HandshakeError::BadVersion => "Sec-WebSocket-Version: 13\r\n".to_string(),
-        HandshakeError::AtCapacity => format!("Retry-After: {retry_after_secs}\r\n"),
+        HandshakeError::AtCapacity | HandshakeError::PerAddress => {
+            format!("Retry-After: {retry_after_secs}\r\n")
+        }
         _ => String::new(),
     };
     let body = format!("{err}\n");
@@ -287,8 +292,8 @@ pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<UpgradeResponse>, 
     let mut res = httparse::Response::new(&mut headers);
     let head_len = match res.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= 8192 => {
-            return Err(HandshakeError::HeadTooLarge(8192))
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
+            return Err(HandshakeError::HeadTooLarge(MAX_RESPONSE_HEAD))
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(HandshakeError::Malformed("unparsable response head")),
