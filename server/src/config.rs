@@ -166,6 +166,20 @@ pub struct Config {
     #[arg(long, env = "SURGE_MAX_PUBLISH_BODY", default_value = "1MiB")]
     pub max_publish_body: ByteSize,
 
+    /// How long a drain (SIGTERM, or POST /drain on the admin port) keeps
+    /// accepting after /readyz turned 503: a load balancer polls readiness
+    /// every few seconds and sends new browsers here until it has seen it,
+    /// so closing the listener at once would refuse them.
+    #[arg(long, env = "SURGE_DRAIN_GRACE", default_value = "5s")]
+    pub drain_grace: Seconds,
+
+    /// Over how long a drain closes its connections (1012 with a reconnect
+    /// hint), evenly: N browsers reconnect at N/window per second instead
+    /// of all at once. 30 s keeps a 1M-connection box at ~33k reconnects
+    /// per second across the fleet, within what a surge already brings.
+    #[arg(long, env = "SURGE_DRAIN_WINDOW", default_value = "30s")]
+    pub drain_window: Seconds,
+
     /// How long shutdown waits for close handshakes before exiting.
     #[arg(long, env = "SURGE_SHUTDOWN_TIMEOUT", default_value = "5s")]
     pub shutdown_timeout: Seconds,
@@ -487,6 +501,18 @@ impl Config {
             if value.0 == 0 || value.0 > 24 * 3600 {
                 fail(format!("{name} must be between 1s and 24h, got {value}"));
             }
+        }
+        if self.drain_window.0 == 0 || self.drain_window.0 > 3600 {
+            fail(format!(
+                "--drain-window must be between 1s and 1h, got {}",
+                self.drain_window
+            ));
+        }
+        if self.drain_grace.0 > 600 {
+            fail(format!(
+                "--drain-grace must be at most 10m, got {}",
+                self.drain_grace
+            ));
         }
         if self.pong_timeout >= self.ping_interval {
             fail(format!(

@@ -123,8 +123,24 @@ fn main() -> ExitCode {
                 notifier.ready();
                 continue;
             }
+            notifier.stopping();
+            if signal == SIGTERM {
+                // A deploy: drain, unless a second SIGTERM (or SIGINT) says now.
+                drain(&server, &mut signals);
+            }
             tracing::info!(signal, "shutting down");
             break ExitCode::SUCCESS;
+        }
+        if server
+            .metrics
+            .drain_requested
+            .swap(false, Ordering::Relaxed)
+        {
+            // POST /drain: the connections go, the process stays until a
+            // SIGTERM, answering /healthz and /metrics meanwhile.
+            notifier.stopping();
+            drain(&server, &mut signals);
+            continue;
         }
         if server.metrics.dead_workers.load(Ordering::Relaxed) > 0 {
             // Never run half-dead: exit so the supervisor starts a whole one.
@@ -176,4 +192,21 @@ fn reload(server: &mut Server, log: &LogControl) {
             }
         }
     }
+}
+
+/// Drains the server's connections (see `ops::drain`); a SIGTERM or SIGINT
+/// that arrives meanwhile cuts it short.
+fn drain(server: &Server, signals: &mut Signals) {
+    if server.metrics.draining.load(Ordering::Relaxed) {
+        return;
+    }
+    let config = server.config();
+    let ended = surge::ops::drain::run(
+        &server.broker(),
+        &server.metrics,
+        config.drain_grace.duration(),
+        config.drain_window.duration(),
+        || signals.pending().any(|s| s == SIGTERM || s == SIGINT),
+    );
+    tracing::info!(?ended, "drain over");
 }

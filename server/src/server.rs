@@ -196,6 +196,16 @@ impl Server {
         })
     }
 
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.clone()
+    }
+
+    /// The broker, for the drain's commands to the workers (`ops::drain`).
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
+    }
+
     /// Applies what a running server can take of `wanted` (see
     /// `ops::reload`); returns what changed, or the problems that kept
     /// anything from changing.

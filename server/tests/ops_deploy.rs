@@ -13,10 +13,6 @@ use kernel_tuning::plan::{plan, DEFAULT_MEM_PER_CONN};
 /// The connection count the shipped drop-in and units are planned for.
 const PLANNED_CONNECTIONS: u64 = 1_000_000;
 const UNITS: [&str; 2] = ["surge.service", "surge@.service"];
-/// The drain's planned defaults (issue 11: `--drain-grace` 5 s, then
-/// connections closed over `--drain-window` 30 s). Replace with the
-/// options' defaults once the drain lands.
-const DRAIN_SECS: u64 = 5 + 30;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -129,7 +125,8 @@ fn units_take_the_descriptor_limit_from_the_plan_and_outwait_the_drain() {
         assert_eq!(unit_value(&unit, "Restart").as_deref(), Some("on-failure"));
         // SIGKILL before the drain is over would drop every remaining socket
         // at once. The drain is grace + window + the close handshakes.
-        let drain = DRAIN_SECS + defaults.shutdown_timeout.0;
+        let drain =
+            defaults.drain_grace.0 + defaults.drain_window.0 + defaults.shutdown_timeout.0;
         let stop = seconds(&unit_value(&unit, "TimeoutStopSec").expect("TimeoutStopSec"));
         assert!(
             stop > drain,

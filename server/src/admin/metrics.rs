@@ -18,7 +18,7 @@ use crate::wire::close;
 use crate::wire::handshake::HandshakeError;
 
 /// Close codes counted one by one; anything else is counted as "other".
-pub const CLOSE_CODES: [u16; 11] = [
+pub const CLOSE_CODES: [u16; 12] = [
     close::NORMAL,
     close::GOING_AWAY,
     close::PROTOCOL_ERROR,
@@ -28,6 +28,7 @@ pub const CLOSE_CODES: [u16; 11] = [
     close::POLICY_VIOLATION,
     close::MESSAGE_TOO_BIG,
     close::INTERNAL_ERROR,
+    close::SERVICE_RESTART,
     close::TOO_SLOW,
     close::NO_PONG,
 ];
@@ -107,6 +108,12 @@ pub struct Metrics {
     pub publish_rejected: AtomicU64,
     /// Indexed like [`PUBLISH_REFUSALS`], plus one slot for other statuses.
     pub publish_refusals: [AtomicU64; PUBLISH_REFUSALS.len() + 1],
+    /// Set when a drain begins: /readyz answers 503 and, in-process, the
+    /// publish API refuses with 503 rather than accept what nobody gets.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Set by `POST /drain` on the admin port; the main thread starts the
+    /// drain when it sees it.
+    pub drain_requested: std::sync::atomic::AtomicBool,
     pub publications: AtomicU64,
     /// Updated by the publish API after each request.
     pub history_bytes: AtomicU64,
@@ -130,6 +137,8 @@ impl Metrics {
             publish_requests: AtomicU64::new(0),
             publish_rejected: AtomicU64::new(0),
             publish_refusals: Default::default(),
+            draining: Default::default(),
+            drain_requested: Default::default(),
             publications: AtomicU64::new(0),
             history_bytes: AtomicU64::new(0),
             started: Instant::now(),

@@ -49,6 +49,15 @@ pub enum Command {
     },
     /// Stop accepting, close everyone with 1001, exit.
     Shutdown,
+    /// A drain stops accepting: the listener is closed, so the kernel
+    /// sends new connections to the other processes on the port.
+    StopAccepting,
+    /// A drain's share for this moment: close up to `count` open
+    /// connections with 1012 and `reason` (which carries the reconnect hint).
+    CloseSome {
+        count: u64,
+        reason: Arc<str>,
+    },
     /// Run with this configuration from now on (a SIGHUP reload; only the
     /// options in `ops::reload::LIVE` differ from the running one).
     Reload(Arc<crate::config::Config>),
@@ -153,6 +162,25 @@ impl Broker {
             }
             Self::wake(outlet);
         }
+    }
+
+    /// Queues a drain command for worker `worker` (see `ops::drain`).
+    pub fn send_to(&self, worker: usize, command: Command) {
+        let Some(outlet) = self.outlets.get(worker) else {
+            return;
+        };
+        if outlet.tx.send_timeout(command, SEND_TIMEOUT).is_err() {
+            tracing::error!(
+                worker,
+                "a worker queue stayed full; a drain step was skipped"
+            );
+        }
+        Self::wake(outlet);
+    }
+
+    /// How many workers there are.
+    pub fn workers(&self) -> usize {
+        self.outlets.len()
     }
 
     /// Wakes every worker that is not already awake.

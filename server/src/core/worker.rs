@@ -279,6 +279,12 @@ impl Worker {
                     self.begin_shutdown();
                 }
                 Command::Reload(config) => self.reload(config),
+                Command::StopAccepting => {
+                    if let Some(mut listener) = self.listener.take() {
+                        let _ = self.poll.registry().deregister(&mut listener);
+                    }
+                }
+                Command::CloseSome { count, reason } => self.close_some(count, &reason),
             }
         }
         self.fan_out(&batch);
@@ -361,6 +367,21 @@ impl Worker {
                 Some(State::Handshake) => self.close_now(token),
                 _ => {}
             }
+        }
+    }
+
+    /// A drain step: closes up to `count` open connections with 1012.
+    fn close_some(&mut self, count: u64, reason: &str) {
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        let open: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Open)
+            .map(|(t, _)| t)
+            .take(count)
+            .collect();
+        for token in open {
+            self.close_with(token, close::SERVICE_RESTART, reason);
         }
     }
 

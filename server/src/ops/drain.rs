@@ -3,9 +3,87 @@
 //! over the drain window instead of arriving as one storm, and the close
 //! reason that tells a browser when to come back.
 //!
-//! Pure: it holds counts and durations, never a connection or a clock.
+//! [`run`] drives a drain from the main thread: it talks to the workers
+//! through the broker only, and never touches a connection itself.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::admin::metrics::Metrics;
+use crate::channels::broker::{Broker, Command};
+
+/// The delay the close reason asks browsers to wait before reconnecting;
+/// surge.js adds up to as much again at random. The closes are already
+/// spread over the window: the hint only keeps a browser from coming
+/// straight back through a load balancer that has not yet seen /readyz
+/// turn 503, and the jitter keeps one step's closes out of lockstep.
+pub const RECONNECT_HINT: Duration = Duration::from_secs(2);
+/// How often the drain hands the workers their next share of closes:
+/// ten steps a second keep every second's closes within a few percent of
+/// an even share.
+const STEP: Duration = Duration::from_millis(100);
+
+/// How a drain ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Every connection was asked to close within the window.
+    Done,
+    /// `interrupted` said stop (a second SIGTERM): shut down at once.
+    Interrupted,
+}
+
+/// Runs a drain: readiness off at once, the listeners open for `grace`,
+/// then every connection closed with 1012 evenly over `window`. Polls
+/// `interrupted` every step.
+pub fn run(
+    broker: &Arc<Broker>,
+    metrics: &Metrics,
+    grace: Duration,
+    window: Duration,
+    mut interrupted: impl FnMut() -> bool,
+) -> Ended {
+    metrics.draining.store(true, Ordering::Relaxed);
+    tracing::info!(?grace, ?window, "drain begun: /readyz is 503");
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        if interrupted() {
+            return Ended::Interrupted;
+        }
+        std::thread::sleep(STEP);
+    }
+    for worker in 0..broker.workers() {
+        broker.send_to(worker, Command::StopAccepting);
+    }
+    let totals: Vec<u64> = metrics
+        .workers
+        .iter()
+        .map(|w| w.open.load(Ordering::Relaxed))
+        .collect();
+    tracing::info!(
+        connections = totals.iter().sum::<u64>(),
+        "drain: closing connections"
+    );
+    let reason: Arc<str> = close_reason(RECONNECT_HINT).into();
+    let mut pacer = Pacer::new(totals, window);
+    let began = Instant::now();
+    loop {
+        std::thread::sleep(STEP);
+        if interrupted() {
+            return Ended::Interrupted;
+        }
+        let elapsed = began.elapsed();
+        for (worker, count) in pacer.due(elapsed).into_iter().enumerate() {
+            if count > 0 {
+                let reason = reason.clone();
+                broker.send_to(worker, Command::CloseSome { count, reason });
+            }
+        }
+        if elapsed >= window {
+            return Ended::Done;
+        }
+    }
+}
 
 /// Builds the close reason carrying the reconnect hint. Browsers (surge.js)
 /// read the number back with [`reconnect_hint`]; it must stay short, as a
