@@ -125,8 +125,7 @@ fn units_take_the_descriptor_limit_from_the_plan_and_outwait_the_drain() {
         assert_eq!(unit_value(&unit, "Restart").as_deref(), Some("on-failure"));
         // SIGKILL before the drain is over would drop every remaining socket
         // at once. The drain is grace + window + the close handshakes.
-        let drain =
-            defaults.drain_grace.0 + defaults.drain_window.0 + defaults.shutdown_timeout.0;
+        let drain = defaults.drain_grace.0 + defaults.drain_window.0 + defaults.shutdown_timeout.0;
         let stop = seconds(&unit_value(&unit, "TimeoutStopSec").expect("TimeoutStopSec"));
         assert!(
             stop > drain,

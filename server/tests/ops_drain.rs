@@ -187,3 +187,88 @@ async fn sigterm_drains_ten_thousand_connections_evenly_with_1012() {
     let status = tokio::task::block_in_place(|| child.wait().unwrap());
     assert!(status.success(), "{status}");
 }
+
+/// Starts surge with `args`; returns it and its public and admin addresses.
+fn spawn(args: &[&str]) -> (std::process::Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_surge"))
+        .args(surge::config::EPHEMERAL_LOOPBACK)
+        .args([
+            "--workers",
+            "2",
+            "--log",
+            "warn",
+            "--shutdown-timeout",
+            "2s",
+        ])
+        .args(args)
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("surge starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let field = |prefix: &str, suffix: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix)?.strip_suffix(suffix))
+            .unwrap_or_else(|| panic!("no {prefix} in {line:?}"))
+            .to_string()
+    };
+    let public = field("ws://", "/ws");
+    let admin = field("admin=http://", "/metrics");
+    (child, public, admin)
+}
+
+fn signal(child: &std::process::Child, signal: i32) {
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill only sends a signal to the process we spawned.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// Waits (bounded) for the process to exit.
+fn exits_within(child: &mut std::process::Child, bound: Duration) -> bool {
+    let deadline = Instant::now() + bound;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+async fn close_code_of(public: &str) -> u16 {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{public}/ws"))
+        .await
+        .expect("connect");
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => return u16::from(frame.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_a_drain_at_once() {
+    // A window far longer than the bound below: only the second SIGTERM
+    // can make the process exit in time.
+    let (mut child, public, _) = spawn(&["--drain-grace", "0s", "--drain-window", "600s"]);
+    let closed = tokio::spawn({
+        let public = public.clone();
+        async move { close_code_of(&public).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| {
+        signal(&child, libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(300));
+        signal(&child, libc::SIGTERM);
+        assert!(exits_within(&mut child, Duration::from_secs(20)));
+    });
+    // The drain's first step (1012) or, cut short, the shutdown (1001).
+    let code = closed.await.unwrap();
+    assert!(code == 1012 || code == 1001, "{code}");
+}
