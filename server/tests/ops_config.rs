@@ -179,6 +179,7 @@ fn startup_log(args: &[&str]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_surge"))
         .args(surge::config::EPHEMERAL_LOOPBACK)
         .args(["--workers", "1", "--shutdown-timeout", "1s"])
+        .args(["--drain-grace", "0s", "--drain-window", "1s"])
         .args(args)
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::null())

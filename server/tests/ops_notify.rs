@@ -80,6 +80,8 @@ fn spawn(systemd: &Systemd, watchdog_usec: Option<u64>) -> (Child, Ports) {
             "--shutdown-timeout",
             "1s",
         ])
+        // SIGTERM drains first: a short one, so the tests stay quick.
+        .args(["--drain-grace", "0s", "--drain-window", "1s"])
         .env("NOTIFY_SOCKET", systemd.dir.join("notify"))
         .env_remove("WATCHDOG_PID")
         .stdout(Stdio::piped())
@@ -179,6 +181,8 @@ fn without_notify_socket_surge_runs_and_stops_as_before() {
             "--shutdown-timeout",
             "1s",
         ])
+        // SIGTERM drains first: a short one, so the tests stay quick.
+        .args(["--drain-grace", "0s", "--drain-window", "1s"])
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
