@@ -24,6 +24,16 @@ const FATAL_CODES = new Set([1002, 1003, 1007, 1008, 1009]);
 // is sooner), so a slow backend still answers in time.
 const REFRESH_MARGIN_MS = 60000;
 
+// A server that drains for a restart closes with 1012 and a reason like
+// "restarting; reconnect in 2s".
+const SERVICE_RESTART = 1012;
+
+/** The reconnect delay in milliseconds a close reason carries, or null. */
+function reconnectHintMs(reason) {
+  const m = /reconnect in (\d+)s$/.exec(reason || "");
+  return m ? Number(m[1]) * 1000 : null;
+}
+
 /** A token's expiry in Unix milliseconds ("SCOPE.EXPIRY.SIG"), or null. */
 function tokenExpiryMs(token) {
   const expiry = Number((token || "").split(".")[1]);
@@ -205,12 +215,22 @@ export class Surge {
       // Browsers do not expose the HTTP status of a refused upgrade (a 503
       // with Retry-After when the server is full): a close before open is
       // treated as "busy" and backs off like any other failure.
-      this.scheduleReconnect(event.code, opened);
+      this.scheduleReconnect(event.code, opened, event.reason);
     };
   }
 
-  scheduleReconnect(code, opened) {
+  scheduleReconnect(code, opened, reason) {
     this.attempt += 1;
+    // A drain: come back after the server's hint plus up to as much again at
+    // random, so the pages it closed together do not return together. It
+    // spread its closes over its drain window; this spreads each step's.
+    const hint = code === SERVICE_RESTART ? reconnectHintMs(reason) : null;
+    if (hint !== null) {
+      const delay = hint + Math.random() * hint;
+      this.onStatus("reconnecting", { inSeconds: Math.ceil(delay / 1000), attempt: this.attempt, code, wasOpen: opened });
+      this.retryTimer = setTimeout(() => this.connect(), delay);
+      return;
+    }
     // Full jitter: a random delay in [0, min(cap, base * 2^attempt)], so that
     // thousands of pages dropped together do not come back together.
     const window = Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** Math.min(this.attempt, 16));

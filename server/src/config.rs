@@ -166,6 +166,20 @@ pub struct Config {
     #[arg(long, env = "SURGE_MAX_PUBLISH_BODY", default_value = "1MiB")]
     pub max_publish_body: ByteSize,
 
+    /// How long a drain (SIGTERM, or POST /drain on the admin port) keeps
+    /// accepting after /readyz turned 503: a load balancer polls readiness
+    /// every few seconds and sends new browsers here until it has seen it,
+    /// so closing the listener at once would refuse them.
+    #[arg(long, env = "SURGE_DRAIN_GRACE", default_value = "5s")]
+    pub drain_grace: Seconds,
+
+    /// Over how long a drain closes its connections (1012 with a reconnect
+    /// hint), evenly: N browsers reconnect at N/window per second instead
+    /// of all at once. 30 s keeps a 1M-connection box at ~33k reconnects
+    /// per second across the fleet, within what a surge already brings.
+    #[arg(long, env = "SURGE_DRAIN_WINDOW", default_value = "30s")]
+    pub drain_window: Seconds,
+
     /// How long shutdown waits for close handshakes before exiting.
     #[arg(long, env = "SURGE_SHUTDOWN_TIMEOUT", default_value = "5s")]
     pub shutdown_timeout: Seconds,
@@ -286,6 +300,12 @@ pub struct Config {
     #[arg(long, env = "SURGE_LOG", default_value = "info")]
     pub log: String,
 
+    /// Log line format: "text" for people, "json" (one object per line)
+    /// for a log pipeline. Text has no colour codes unless stderr is a
+    /// terminal, so journald and files get plain lines.
+    #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Run the demo: a simulated booking backend publishing slot availability
     /// for a few clinics, and the live slot board at http://HOST:PORT/.
     #[arg(long, env = "SURGE_DEMO", default_value_t = false)]
@@ -311,6 +331,39 @@ pub struct Config {
     #[serde(skip)]
     pub test_panic_hooks: bool,
 }
+
+/// How log lines are written (`--log-format`).
+#[derive(clap::ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where an option's value came from, as `surge print-config` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    File,
+    Default,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Flag => "flag",
+            Source::Env => "env",
+            Source::File => "file",
+            Source::Default => "default",
+        }
+    }
+}
+
+/// Each option's source, keyed by its TOML name (`ping-interval`).
+pub type Sources = std::collections::BTreeMap<String, Source>;
 
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -351,17 +404,50 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = Config::command().try_get_matches_from(args)?;
-        let mut config = Config::from_arg_matches(&matches)?;
-        if let Some(path) = config.config.clone() {
-            config = config.merge_file(&path, &matches)?;
-        }
+        let (config, _) = Self::load_unchecked(args)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Values from the file replace only those still at their default.
-    fn merge_file(self, path: &PathBuf, matches: &ArgMatches) -> Result<Config, ConfigError> {
+    /// Parses flags and environment and merges the file, without
+    /// validating (`surge check-config` wants every problem, not the
+    /// first); also says where each option's value came from.
+    pub fn load_unchecked<I, T>(args: I) -> Result<(Config, Sources), ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Config::command().try_get_matches_from(args)?;
+        let mut config = Config::from_arg_matches(&matches)?;
+        let mut from_file = Vec::new();
+        if let Some(path) = config.config.clone() {
+            (config, from_file) = config.merge_file(&path, &matches)?;
+        }
+        let mut sources = Sources::new();
+        for arg in Config::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            let key = id.replace('_', "-");
+            let source = if from_file.contains(&key) {
+                Source::File
+            } else {
+                match matches.value_source(id) {
+                    Some(ValueSource::CommandLine) => Source::Flag,
+                    Some(ValueSource::EnvVariable) => Source::Env,
+                    _ => Source::Default,
+                }
+            };
+            sources.insert(key, source);
+        }
+        Ok((config, sources))
+    }
+
+    /// Values from the file replace only those still at their default;
+    /// returns the merged config and the keys the file supplied.
+    fn merge_file(
+        self,
+        path: &PathBuf,
+        matches: &ArgMatches,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
         let file_err = |message: String| ConfigError::File {
             path: path.clone(),
             message,
@@ -374,16 +460,28 @@ impl Config {
             .parse()
             .map_err(|e: toml::de::Error| file_err(e.to_string()))?;
         let mut merged = toml::Table::try_from(&self).map_err(|e| file_err(e.to_string()))?;
+        let known: Vec<String> = Config::command()
+            .get_arguments()
+            .filter(|a| a.get_id() != "config")
+            .map(|a| a.get_id().as_str().replace('_', "-"))
+            .collect();
+        let unknown: Vec<String> = file
+            .keys()
+            .filter(|k| !known.contains(k))
+            .map(|k| format!("unknown option '{k}'"))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(file_err(unknown.join("; ")));
+        }
+        let mut applied = Vec::new();
         for (key, value) in file {
-            if !merged.contains_key(&key) {
-                return Err(file_err(format!("unknown option '{key}'")));
-            }
             let id = key.replace('-', "_");
             let from_default = matches!(
                 matches.value_source(&id),
                 None | Some(ValueSource::DefaultValue)
             );
             if from_default {
+                applied.push(key.clone());
                 merged.insert(key, value);
             }
         }
@@ -391,17 +489,30 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| file_err(e.to_string()))?;
         config.config = Some(path.clone());
-        Ok(config)
+        Ok((config, applied))
     }
 
-    /// Refuses values that cannot work, with a message naming the option.
+    /// Refuses values that cannot work, with a message naming the option;
+    /// every problem is named, not only the first.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |msg: String| Err(ConfigError::Invalid(msg));
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
+    }
+
+    /// Every value that cannot work, each with a message naming the option.
+    /// Empty when the configuration is usable.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut fail = |msg: String| problems.push(msg);
         if self.workers == 0 || self.workers > 1024 {
-            return fail(format!("--workers must be 1..=1024, got {}", self.workers));
+            fail(format!("--workers must be 1..=1024, got {}", self.workers));
         }
         if self.backlog == 0 {
-            return fail("--backlog must be at least 1".into());
+            fail("--backlog must be at least 1".into());
         }
         for (name, value) in [
             ("--handshake-timeout", self.handshake_timeout),
@@ -410,41 +521,53 @@ impl Config {
             ("--close-timeout", self.close_timeout),
         ] {
             if value.0 == 0 || value.0 > 24 * 3600 {
-                return fail(format!("{name} must be between 1s and 24h, got {value}"));
+                fail(format!("{name} must be between 1s and 24h, got {value}"));
             }
         }
+        if self.drain_window.0 == 0 || self.drain_window.0 > 3600 {
+            fail(format!(
+                "--drain-window must be between 1s and 1h, got {}",
+                self.drain_window
+            ));
+        }
+        if self.drain_grace.0 > 600 {
+            fail(format!(
+                "--drain-grace must be at most 10m, got {}",
+                self.drain_grace
+            ));
+        }
         if self.pong_timeout >= self.ping_interval {
-            return fail(format!(
+            fail(format!(
                 "--pong-timeout ({}) must be shorter than --ping-interval ({})",
                 self.pong_timeout, self.ping_interval
             ));
         }
         if self.max_message.0 < 125 || self.max_message.0 > 1 << 30 {
-            return fail(format!(
+            fail(format!(
                 "--max-message must be 125 bytes..1GiB, got {}",
                 self.max_message
             ));
         }
         if self.max_outbound.0 < 4096 {
-            return fail(format!(
+            fail(format!(
                 "--max-outbound must be at least 4KiB, got {}",
                 self.max_outbound
             ));
         }
         if self.max_subscriptions == 0 || self.max_subscriptions > 4096 {
-            return fail(format!(
+            fail(format!(
                 "--max-subscriptions must be 1..=4096, got {}",
                 self.max_subscriptions
             ));
         }
         if self.max_publish_data.0 == 0 || self.max_publish_data > self.max_publish_body {
-            return fail(format!(
+            fail(format!(
                 "--max-publish-data ({}) must be non-zero and at most --max-publish-body ({})",
                 self.max_publish_data, self.max_publish_body
             ));
         }
         if self.max_publish_data > self.max_outbound {
-            return fail(format!(
+            fail(format!(
                 "--max-publish-data ({}) above --max-outbound ({}) would close every subscriber as slow",
                 self.max_publish_data, self.max_outbound
             ));
@@ -453,94 +576,96 @@ impl Config {
         for (i, a) in ports.iter().enumerate() {
             for b in &ports[i + 1..] {
                 if a.port() != 0 && a == b {
-                    return fail(format!("address {a} is given to two listeners"));
+                    fail(format!("address {a} is given to two listeners"));
                 }
             }
         }
         if self.api_key.is_none() && !self.publish_listen.ip().is_loopback() {
-            return fail(format!(
+            fail(format!(
                 "--publish-listen {} is not loopback: set --api-key (SURGE_API_KEY) so only the booking backend can publish",
                 self.publish_listen
             ));
         }
         if self.api_key.as_ref().is_some_and(|k| k.len() < 16) {
-            return fail("--api-key must be at least 16 characters".into());
+            fail("--api-key must be at least 16 characters".into());
         }
         if self.room_admission_ttl.0 == 0
             || self.room_admission_ttl.0 > crate::rooms::MAX_ADMISSION_TTL_S
         {
-            return fail(format!(
+            fail(format!(
                 "--room-admission-ttl must be between 1s and {}s",
                 crate::rooms::MAX_ADMISSION_TTL_S
             ));
         }
         if u32::try_from(self.room_grace.0).is_err() {
-            return fail("--room-grace is too long".into());
+            fail("--room-grace is too long".into());
         }
         if self.token_secret.as_ref().is_some_and(|k| k.len() < 16) {
-            return fail("--token-secret must be at least 16 bytes".into());
+            fail("--token-secret must be at least 16 bytes".into());
         }
         if let Some(previous) = &self.token_secret_previous {
             if previous.len() < 16 || self.token_secret.is_none() {
-                return fail(
+                fail(
                     "--token-secret-previous must be at least 16 bytes, beside a --token-secret"
                         .into(),
                 );
             }
         }
         if self.history_size == 0 {
-            return fail("--history-size must be at least 1 (the last value)".into());
+            fail("--history-size must be at least 1 (the last value)".into());
         }
         if self.max_batch == 0 || self.max_batch > 1_000_000 {
-            return fail(format!(
+            fail(format!(
                 "--max-batch must be 1..=1000000, got {}",
                 self.max_batch
             ));
         }
         if self.max_batch > crate::channels::broker::WORKER_QUEUE {
-            return fail(format!(
+            fail(format!(
                 "--max-batch {} exceeds the worker queue of {}",
                 self.max_batch,
                 crate::channels::broker::WORKER_QUEUE
             ));
         }
-        self.history_config()?;
+        if let Err(e) = self.history_config() {
+            fail(e.to_string());
+        }
         if self.redis.is_some() && self.state_file.is_some() {
-            return fail(
+            fail(
                 "--state-file keeps the in-process engine's history; with --redis, Redis keeps it: give one or the other".into(),
             );
         }
         if let Some(url) = &self.redis {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return fail(format!(
+                fail(format!(
                     "--redis '{url}' must be a redis://HOST:PORT/DB address"
                 ));
             }
             if self.redis_pubsub_connections == 0 || self.redis_pubsub_connections > 64 {
-                return fail(format!(
+                fail(format!(
                     "--redis-pubsub-connections must be 1..=64, got {}",
                     self.redis_pubsub_connections
                 ));
             }
             if self.redis_channel_ttl.0 < self.history_ttl.0 {
-                return fail(format!(
+                fail(format!(
                     "--redis-channel-ttl ({}s) is shorter than --history-ttl ({}s): history would vanish before its age",
                     self.redis_channel_ttl.0, self.history_ttl.0
                 ));
             }
             if self.redis_timeout.0 == 0 {
-                return fail("--redis-timeout must be at least 1s".into());
+                fail("--redis-timeout must be at least 1s".into());
             }
         }
         for origin in &self.allowed_origins {
             let any = origin == "*";
             if !(any || origin.starts_with("http://") || origin.starts_with("https://")) {
-                return fail(format!(
+                fail(format!(
                     "--allowed-origin '{origin}' must be '*' or start with http:// or https://"
                 ));
             }
         }
-        Ok(())
+        problems
     }
 
     /// The connection limit in force: the configured one, or derived from

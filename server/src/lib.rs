@@ -14,6 +14,8 @@
 //! - `admin`: health, metrics and stats on their own port.
 //! - `web`, `demo`: the embedded slot board page and `surge --demo`'s
 //!   simulated booking backend.
+//! - `ops`: systemd notifications and watchdog, logging, process figures,
+//!   `check-config` and `print-config`.
 //! - `config`, `units`: options, defaults and their validation; `limits`:
 //!   the fixed limits, each defined once.
 //! - `http`: the hardened HTTP stack under the publish and admin ports.
@@ -29,6 +31,7 @@ pub mod engine;
 pub mod http;
 pub mod limits;
 pub mod rooms;
+pub mod ops;
 pub mod server;
 pub mod units;
 pub mod web;

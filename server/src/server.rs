@@ -23,6 +23,7 @@ use crate::engine::SharedEngine;
 use crate::http::{BindError, Runtime, Service};
 use crate::rooms::ticker::Ticker;
 use crate::rooms::{Defaults, Rooms};
+use crate::ops::reload::Plan as ReloadPlan;
 
 /// Why the server could not start. All are fatal at start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub struct Server {
     pub publish_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    /// The configuration in force (after any SIGHUP reload).
+    config: Arc<Config>,
     broker: Arc<Broker>,
     engine: SharedEngine,
     workers: Vec<JoinHandle<()>>,
@@ -203,6 +206,7 @@ impl Server {
             publish_addr: publish.addr,
             admin_addr: admin.addr,
             metrics,
+            config,
             broker,
             engine,
             workers,
@@ -213,6 +217,32 @@ impl Server {
             rooms: ticker,
             stopping,
         })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.clone()
+    }
+
+    /// The broker, for the drain's commands to the workers (`ops::drain`).
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
+    }
+
+    /// Applies what a running server can take of `wanted` (see
+    /// `ops::reload`); returns what changed, or the problems that kept
+    /// anything from changing.
+    pub fn reload(&mut self, mut wanted: Config) -> Result<ReloadPlan, Vec<String>> {
+        if wanted.demo && wanted.token_secret.is_none() {
+            // The secret the demo made up at start, not a change.
+            wanted.token_secret = self.config.token_secret.clone();
+        }
+        let plan = crate::ops::reload::plan(&self.config, &wanted)?;
+        if !plan.applied.is_empty() {
+            self.config = Arc::new(plan.effective.clone());
+            self.broker.send_reload(&self.config);
+        }
+        Ok(plan)
     }
 
     /// Graceful shutdown: stop accepting, close every connection with 1001,

@@ -1,5 +1,5 @@
 //! The real `surge` binary: its help, its refusal of nonsense, the line it
-//! prints with its addresses, and graceful shutdown on SIGTERM.
+//! prints with its addresses, and graceful shutdown on SIGINT.
 
 mod common;
 
@@ -98,7 +98,7 @@ fn spawn_surge() -> (Child, String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_every_connection_with_1001_and_exits_0() {
+async fn sigint_closes_every_connection_with_1001_and_exits_0() {
     let (mut child, ws_url, publish_url) = spawn_surge();
     let mut clients = Vec::new();
     for _ in 0..20 {
@@ -118,8 +118,9 @@ async fn sigterm_closes_every_connection_with_1001_and_exits_0() {
     })
     .await
     .unwrap();
+    // SIGINT stops at once; SIGTERM drains first (tests/ops_drain.rs).
     // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     for ws in clients.iter_mut() {
         assert_eq!(
             next_json(ws).await["data"],
@@ -139,7 +140,7 @@ async fn sigterm_closes_every_connection_with_1001_and_exits_0() {
     }
     let status = status.unwrap_or_else(|| {
         let _ = child.kill();
-        panic!("surge did not exit after SIGTERM")
+        panic!("surge did not exit after SIGINT")
     });
     assert!(status.success(), "{status:?}");
 }

@@ -11,12 +11,14 @@ use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
+use crate::admin::histogram::{self, Histogram};
+use crate::channels::protocol::ErrorCode;
 use crate::channels::token::TokenError;
 use crate::wire::close;
 use crate::wire::handshake::HandshakeError;
 
 /// Close codes counted one by one; anything else is counted as "other".
-pub const CLOSE_CODES: [u16; 11] = [
+pub const CLOSE_CODES: [u16; 12] = [
     close::NORMAL,
     close::GOING_AWAY,
     close::PROTOCOL_ERROR,
@@ -26,9 +28,14 @@ pub const CLOSE_CODES: [u16; 11] = [
     close::POLICY_VIOLATION,
     close::MESSAGE_TOO_BIG,
     close::INTERNAL_ERROR,
+    close::SERVICE_RESTART,
     close::TOO_SLOW,
     close::NO_PONG,
 ];
+
+/// Publish API statuses counted one by one when a request is refused;
+/// anything else is counted as "other".
+pub const PUBLISH_REFUSALS: [u16; 6] = [400, 401, 408, 413, 500, 503];
 
 /// Counters written by one worker thread only.
 #[derive(Default)]
@@ -55,6 +62,18 @@ pub struct WorkerMetrics {
     /// Connections refused at accept with a bare close, past the shedding
     /// budget (the others got a 503 and are counted as handshake failures).
     pub dropped_at_accept: AtomicU64,
+    /// The second (of the worker's clock) its loop last turned: the
+    /// systemd watchdog sees a stuck worker by this standing still.
+    pub heartbeat: AtomicU64,
+    /// Browser commands answered with `{"op":"error"}`, indexed by
+    /// [`ErrorCode`] (`code as usize`).
+    pub command_errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// From a publication's hand-off to the workers until this worker has
+    /// written it to its subscribers: one observation per publication.
+    pub publish_latency: Histogram,
+    /// How long this worker's fan-out of a publication took (a burst is
+    /// written together; each of its publications counts the burst's time).
+    pub fan_out: Histogram,
 }
 
 impl WorkerMetrics {
@@ -87,6 +106,14 @@ pub struct Metrics {
     pub admin_busy: AtomicU64,
     pub publish_requests: AtomicU64,
     pub publish_rejected: AtomicU64,
+    /// Indexed like [`PUBLISH_REFUSALS`], plus one slot for other statuses.
+    pub publish_refusals: [AtomicU64; PUBLISH_REFUSALS.len() + 1],
+    /// Set when a drain begins: /readyz answers 503 and, in-process, the
+    /// publish API refuses with 503 rather than accept what nobody gets.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Set by `POST /drain` on the admin port; the main thread starts the
+    /// drain when it sees it.
+    pub drain_requested: std::sync::atomic::AtomicBool,
     pub publications: AtomicU64,
     /// Updated by the publish API after each request.
     pub history_bytes: AtomicU64,
@@ -111,6 +138,9 @@ impl Metrics {
             admin_busy: AtomicU64::new(0),
             publish_requests: AtomicU64::new(0),
             publish_rejected: AtomicU64::new(0),
+            publish_refusals: Default::default(),
+            draining: Default::default(),
+            drain_requested: Default::default(),
             publications: AtomicU64::new(0),
             history_bytes: AtomicU64::new(0),
             started: Instant::now(),
@@ -118,6 +148,16 @@ impl Metrics {
             engine: std::sync::OnceLock::new(),
             rooms: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Counts a refused publish request by the status it was answered with.
+    pub fn count_publish_refusal(&self, status: u16) {
+        self.publish_rejected.fetch_add(1, Relaxed);
+        let slot = PUBLISH_REFUSALS
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(PUBLISH_REFUSALS.len());
+        self.publish_refusals[slot].fetch_add(1, Relaxed);
     }
 
     fn sum(&self, pick: impl Fn(&WorkerMetrics) -> &AtomicU64) -> u64 {
@@ -143,6 +183,12 @@ impl Metrics {
             "gauge",
             "Upgraded WebSocket connections.",
             &one(open),
+        );
+        metric(
+            "max_connections",
+            "gauge",
+            "The connection limit in force; upgrades past it get 503.",
+            &one(self.max_connections as u64),
         );
         let per_worker: Vec<_> = self
             .workers
@@ -374,6 +420,71 @@ impl Metrics {
             "gauge",
             "Resident set size of the process.",
             &one(rss),
+        );
+        let refusals: Vec<_> = (0..=PUBLISH_REFUSALS.len())
+            .map(|i| {
+                let status = PUBLISH_REFUSALS
+                    .get(i)
+                    .map_or("other".to_string(), |s| s.to_string());
+                (
+                    format!("{{status=\"{status}\"}}"),
+                    self.publish_refusals[i].load(Relaxed),
+                )
+            })
+            .collect();
+        metric(
+            "publish_refusals_total",
+            "counter",
+            "Publish requests refused, by the HTTP status answered (503: overloaded or draining; the backend retries).",
+            &refusals,
+        );
+        let errors: Vec<_> = ErrorCode::ALL
+            .iter()
+            .map(|code| {
+                (
+                    format!("{{code=\"{}\"}}", code.as_str()),
+                    self.sum(|w| &w.command_errors[*code as usize]),
+                )
+            })
+            .collect();
+        metric(
+            "command_errors_total",
+            "counter",
+            "Browser commands refused with an error reply, by code (forbidden: also in token_refusals by reason).",
+            &errors,
+        );
+        let fds = crate::ops::process::open_descriptors().unwrap_or(0);
+        metric(
+            "process_open_fds",
+            "gauge",
+            "Descriptors the process holds: every connection, listener and file.",
+            &one(fds),
+        );
+        let limit = crate::core::sys::open_file_limit() as u64;
+        metric(
+            "process_max_fds",
+            "gauge",
+            "The process's descriptor limit (RLIMIT_NOFILE); accept fails past it.",
+            &one(limit),
+        );
+        let cpu = crate::ops::process::cpu_seconds().unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "# HELP surge_process_cpu_seconds_total User and system CPU time of the process.\n\
+             # TYPE surge_process_cpu_seconds_total counter\n\
+             surge_process_cpu_seconds_total {cpu}"
+        );
+        histogram::render(
+            &mut out,
+            "surge_publish_latency_seconds",
+            "From a publication's hand-off to the workers until a worker has written it to its subscribers.",
+            self.workers.iter().map(|w| &w.publish_latency),
+        );
+        histogram::render(
+            &mut out,
+            "surge_fan_out_seconds",
+            "A worker's fan-out of one publication to its subscribers (a burst's members each count the burst).",
+            self.workers.iter().map(|w| &w.fan_out),
         );
         if let Some(rooms) = self.rooms.get() {
             rooms.prometheus(&mut out, crate::rooms::now_ms());

@@ -2,6 +2,7 @@
 //! listener and thread so an operator can see a saturated data port. It
 //! must never serve the public or publish API.
 
+pub mod histogram;
 pub mod metrics;
 mod server;
 

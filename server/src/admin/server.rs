@@ -42,6 +42,19 @@ pub fn spawn(
 fn handle(metrics: &Metrics, stopping: &AtomicBool, request: &Request<Incoming>) -> Answer {
     let text = |status, body: &str| answer(status, "text/plain", body.into(), &[]);
     match request.uri().path() {
+        // Readiness: a load balancer stops sending new browsers here as
+        // soon as a drain begins, while /healthz stays 200 (not dead).
+        "/readyz" if metrics.draining.load(Ordering::Relaxed) => text(503, "draining\n"),
+        "/readyz" if stopping.load(Ordering::Relaxed) => text(503, "shutting down\n"),
+        "/readyz" => match metrics.unhealthy() {
+            Some(why) => text(503, &format!("{why}\n")),
+            None => text(200, "ready\n"),
+        },
+        "/drain" if request.method() == hyper::Method::POST => {
+            metrics.drain_requested.store(true, Ordering::Relaxed);
+            text(202, "drain requested\n")
+        }
+        "/drain" => answer(405, "text/plain", "use POST\n".into(), &[("Allow", "POST")]),
         "/healthz" if stopping.load(Ordering::Relaxed) => text(503, "shutting down\n"),
         "/healthz" => match metrics.unhealthy() {
             Some(why) => text(503, &format!("{why}\n")),
@@ -49,6 +62,9 @@ fn handle(metrics: &Metrics, stopping: &AtomicBool, request: &Request<Incoming>)
         },
         "/metrics" => answer(200, "text/plain; version=0.0.4", metrics.prometheus(), &[]),
         "/stats" => answer(200, "application/json", metrics.stats_json(), &[]),
-        _ => text(404, "no such endpoint; try /healthz, /metrics, /stats\n"),
+        _ => text(
+            404,
+            "no such endpoint; try /healthz, /readyz, /metrics, /stats, POST /drain\n",
+        ),
     }
 }

@@ -134,6 +134,17 @@ async fn handle(ctx: Arc<Ctx>, request: Request<Incoming>) -> Answer {
         return error(405, "use POST", &[("Allow", "POST")]);
     }
     ctx.metrics.publish_requests.fetch_add(1, Relaxed);
+    // In-process, a drained server's history goes nowhere a browser will
+    // look (unless a state file carries it): refuse, so the backend retries
+    // on a live node, never acknowledged and then lost.
+    if ctx.metrics.draining.load(Relaxed) && ctx.engine.status().kind == "memory" {
+        ctx.metrics.count_publish_refusal(503);
+        return error(
+            503,
+            "draining; publish to another node",
+            &[("Retry-After", "1")],
+        );
+    }
     let result = match authorize(&ctx, &request) {
         Ok(()) => publish(&ctx, request, batch).await,
         Err(e) => Err(e),
@@ -144,7 +155,7 @@ async fn handle(ctx: Arc<Ctx>, request: Request<Incoming>) -> Answer {
     match result {
         Ok(body) => answer(200, "application/json", body, &[]),
         Err(e) => {
-            ctx.metrics.publish_rejected.fetch_add(1, Relaxed);
+            ctx.metrics.count_publish_refusal(e.status());
             tracing::debug!(error = %e, "publish refused");
             let extra: &[(&str, &str)] = match e {
                 PublishError::Unauthorized => &[("WWW-Authenticate", "Bearer")],

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -27,6 +27,9 @@ pub struct Publication {
     pub frame: Bytes,
     /// Global publication order; see `engine/log.rs` for why workers track it.
     pub seq: u64,
+    /// When the engine handed it to the workers: the start of the
+    /// publish-to-socket latency in /metrics.
+    pub published: Instant,
 }
 
 /// What a worker is told through its queue.
@@ -50,6 +53,18 @@ pub enum Command {
     Room(Vec<(u32, u16, Bytes)>),
     /// Stop accepting, close everyone with 1001, exit.
     Shutdown,
+    /// A drain stops accepting: the listener is closed, so the kernel
+    /// sends new connections to the other processes on the port.
+    StopAccepting,
+    /// A drain's share for this moment: close up to `count` open
+    /// connections with 1012 and `reason` (which carries the reconnect hint).
+    CloseSome {
+        count: u64,
+        reason: Arc<str>,
+    },
+    /// Run with this configuration from now on (a SIGHUP reload; only the
+    /// options in `ops::reload::LIVE` differ from the running one).
+    Reload(Arc<crate::config::Config>),
 }
 
 /// The worker's end of its queue.
@@ -156,6 +171,39 @@ impl Broker {
             );
         }
         Self::wake(outlet);
+    }
+
+    /// Queues `Command::Reload` for every worker, waiting for room as a
+    /// shutdown does: a worker that missed it would run on the old limits.
+    pub fn send_reload(&self, config: &Arc<crate::config::Config>) {
+        for outlet in &self.outlets {
+            let reload = Command::Reload(config.clone());
+            if outlet.tx.send_timeout(reload, SEND_TIMEOUT).is_err() {
+                tracing::error!(
+                    "a worker queue stayed full; that worker keeps the old configuration"
+                );
+            }
+            Self::wake(outlet);
+        }
+    }
+
+    /// Queues a drain command for worker `worker` (see `ops::drain`).
+    pub fn send_to(&self, worker: usize, command: Command) {
+        let Some(outlet) = self.outlets.get(worker) else {
+            return;
+        };
+        if outlet.tx.send_timeout(command, SEND_TIMEOUT).is_err() {
+            tracing::error!(
+                worker,
+                "a worker queue stayed full; a drain step was skipped"
+            );
+        }
+        Self::wake(outlet);
+    }
+
+    /// How many workers there are.
+    pub fn workers(&self) -> usize {
+        self.outlets.len()
     }
 
     /// Wakes every worker that is not already awake.

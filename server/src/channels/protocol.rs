@@ -75,6 +75,17 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (`code as usize` indexes it): the
+    /// labels of `surge_command_errors_total`.
+    pub const ALL: [ErrorCode; 6] = [
+        ErrorCode::BadRequest,
+        ErrorCode::BadChannel,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::Forbidden,
+        ErrorCode::TokenExpired,
+        ErrorCode::Unavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",

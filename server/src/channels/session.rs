@@ -99,7 +99,7 @@ impl Worker {
                     }
                     protocol::reply("unsubscribed", &ch)
                 } else {
-                    protocol::error(Some(&ch), ErrorCode::BadChannel, "invalid channel name")
+                    self.counted_error(Some(&ch), ErrorCode::BadChannel, "invalid channel name")
                 };
                 self.send_text(token, reply);
             }
@@ -108,7 +108,7 @@ impl Worker {
                 self.join_room(token, &room, ticket.as_deref());
             }
             Err(reason) => {
-                let reply = protocol::error(None, ErrorCode::BadRequest, &reason);
+                let reply = self.counted_error(None, ErrorCode::BadRequest, &reason);
                 self.send_text(token, reply);
             }
         }
@@ -125,13 +125,13 @@ impl Worker {
     ) {
         if !name::is_valid(channel) {
             let reply =
-                protocol::error(Some(channel), ErrorCode::BadChannel, "invalid channel name");
+                self.counted_error(Some(channel), ErrorCode::BadChannel, "invalid channel name");
             return self.send_text(token, reply);
         }
         let expires = match self.check_token(channel, auth) {
             Ok(expires) => expires,
             Err(e) => {
-                let reply = protocol::error(Some(channel), ErrorCode::Forbidden, &e.to_string());
+                let reply = self.counted_error(Some(channel), ErrorCode::Forbidden, &e.to_string());
                 return self.send_text(token, reply);
             }
         };
@@ -162,7 +162,7 @@ impl Worker {
     /// subscription still ends when the old one expires.
     fn refresh(&mut self, token: usize, channel: &str, auth: &str) {
         if !(self.config.is_private(channel) && self.holds(token, channel)) {
-            let reply = protocol::error(
+            let reply = self.counted_error(
                 Some(channel),
                 ErrorCode::BadRequest,
                 "refresh needs a private channel this connection holds",
@@ -176,7 +176,7 @@ impl Worker {
             }
             Ok(None) => {}
             Err(e) => {
-                let reply = protocol::error(Some(channel), ErrorCode::Forbidden, &e.to_string());
+                let reply = self.counted_error(Some(channel), ErrorCode::Forbidden, &e.to_string());
                 self.send_text(token, reply);
             }
         }
@@ -192,7 +192,7 @@ impl Worker {
         for lease in ended {
             let (conn, channel) = (lease.conn, lease.channel);
             if self.index.unsubscribe(&mut self.conns, conn, &channel) {
-                let reply = protocol::error(
+                let reply = self.counted_error(
                     Some(&channel),
                     ErrorCode::TokenExpired,
                     "token expired; subscribe again with a new token",
@@ -241,7 +241,7 @@ impl Worker {
             Err(_) => {
                 let message = format!("at most {max} subscriptions per connection");
                 let reply =
-                    protocol::error(Some(channel), ErrorCode::TooManySubscriptions, &message);
+                    self.counted_error(Some(channel), ErrorCode::TooManySubscriptions, &message);
                 return self.send_text(token, reply);
             }
         };
@@ -293,7 +293,7 @@ impl Worker {
             let token = waiting.token as usize;
             self.index
                 .unsubscribe(&mut self.conns, waiting.token, channel);
-            let reply = protocol::error(
+            let reply = self.counted_error(
                 Some(channel),
                 ErrorCode::Unavailable,
                 "channel history is unavailable right now; retry",
@@ -317,6 +317,12 @@ impl Worker {
             self.send_replay(token, &recovery.frames);
         }
         WorkerMetrics::add(&self.stats().replayed, replayed);
+    }
+
+    /// An `{"op":"error"}` reply, counted by code for /metrics.
+    fn counted_error(&self, channel: Option<&str>, code: ErrorCode, message: &str) -> Vec<u8> {
+        WorkerMetrics::add(&self.stats().command_errors[code as usize], 1);
+        protocol::error(channel, code, message)
     }
 
     pub(crate) fn send_text(&mut self, token: usize, payload: Vec<u8>) {

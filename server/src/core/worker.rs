@@ -244,6 +244,9 @@ impl Worker {
             stats
                 .channels
                 .store(self.index.len() as u64, Ordering::Relaxed);
+            stats
+                .heartbeat
+                .store(u64::from(self.now), Ordering::Relaxed);
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || self.now >= at {
                     tracing::info!(worker = self.id, left = self.conns.len(), "worker stopped");
@@ -285,6 +288,13 @@ impl Worker {
                     batch.clear();
                     self.begin_shutdown();
                 }
+                Command::Reload(config) => self.reload(config),
+                Command::StopAccepting => {
+                    if let Some(mut listener) = self.listener.take() {
+                        let _ = self.poll.registry().deregister(&mut listener);
+                    }
+                }
+                Command::CloseSome { count, reason } => self.close_some(count, &reason),
             }
         }
         self.fan_out(&batch);
@@ -300,6 +310,7 @@ impl Worker {
         let Some(last) = batch.last() else {
             return;
         };
+        let started = Instant::now();
         self.passed_seq = last.seq;
         let mut groups: Vec<(&str, Vec<Bytes>)> = Vec::new();
         for p in batch {
@@ -336,6 +347,17 @@ impl Worker {
         for (token, err) in failed {
             self.on_send_error(token as usize, err);
         }
+        // Per publication, never per subscriber: the hot loop above pays nothing.
+        let done = Instant::now();
+        let stats = &self.metrics.workers[self.id];
+        stats
+            .fan_out
+            .observe_n(done.saturating_duration_since(started), batch.len() as u64);
+        for p in batch {
+            stats
+                .publish_latency
+                .observe(done.saturating_duration_since(p.published));
+        }
     }
 
     fn begin_shutdown(&mut self) {
@@ -356,6 +378,28 @@ impl Worker {
                 _ => {}
             }
         }
+    }
+
+    /// A drain step: closes up to `count` open connections with 1012.
+    fn close_some(&mut self, count: u64, reason: &str) {
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        let open: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Open)
+            .map(|(t, _)| t)
+            .take(count)
+            .collect();
+        for token in open {
+            self.close_with(token, close::SERVICE_RESTART, reason);
+        }
+    }
+
+    /// Takes a reloaded configuration: limits, timeouts and origins are read
+    /// from it where used; the token key is derived here once.
+    fn reload(&mut self, config: Arc<Config>) {
+        self.tokens = config.token_key();
+        self.config = config;
     }
 
     /// Tells the engine which channels this worker no longer follows.

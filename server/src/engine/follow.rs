@@ -312,6 +312,7 @@ async fn apply(shared: &Shared, channel: &Arc<str>, epoch: &str, entries: &[(u64
                 channel: appended.channel,
                 frame: appended.frame,
                 seq: appended.seq,
+                published: std::time::Instant::now(),
             });
         }
     }
@@ -368,6 +369,7 @@ async fn on_message(shared: &Shared, following: &HashSet<Arc<str>>, message: &re
                     channel: appended.channel,
                     frame: appended.frame,
                     seq: appended.seq,
+                    published: std::time::Instant::now(),
                 });
                 mirror.logs.evict_over_cap();
                 false

@@ -109,6 +109,7 @@ impl Engine for MemoryEngine {
                 channel: appended.channel,
                 frame: appended.frame,
                 seq: appended.seq,
+                published: std::time::Instant::now(),
             });
             out.push(appended.position);
         }

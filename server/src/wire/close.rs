@@ -26,6 +26,9 @@ pub const POLICY_VIOLATION: CloseCode = 1008;
 pub const MESSAGE_TOO_BIG: CloseCode = 1009;
 /// Something went wrong inside the server; reconnect.
 pub const INTERNAL_ERROR: CloseCode = 1011;
+/// The server is restarting (a drain); reconnect after the delay the reason
+/// gives ("... reconnect in 7s").
+pub const SERVICE_RESTART: CloseCode = 1012;
 /// Surge: the connection's unsent bytes passed the bound; reconnect and recover.
 pub const TOO_SLOW: CloseCode = 4000;
 /// Surge: the client did not answer a ping in time; reconnect.
