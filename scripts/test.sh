@@ -20,6 +20,11 @@ cargo run --release -p benches -- all --conns 4000 --publications 5 --json targe
 # 20,000 connections over 3 Surge nodes joined through a real redis-server;
 # exits non-zero unless every connection and every delivery is there.
 cargo run --release -p benches -- million --conns 20000 --procs 3 --kernel check --json target/million/ci.json
+# The other two benchmark commands at a small N, so they cannot rot: the
+# kernel-floor comparison (pinned, one run) and Redis against the in-process
+# engine (exits non-zero if either fan-out loses or duplicates a delivery).
+cargo run --release -p benches -- floor-gap --conns 1000 --publications 3 --repeats 2 --skip-build
+cargo run --release -p benches -- engines --conns 2000 --publications 5 --skip-build
 python3 - <<'PY'
 import json
 
