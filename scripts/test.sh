@@ -8,6 +8,7 @@
 # the closed form, idle memory within its documented budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/deps.sh
 if [ "${SURGE_SKIP_BROWSER:-}" = 1 ]; then
   echo "WARNING: SURGE_SKIP_BROWSER=1: the real-browser test will not run" >&2
 fi
