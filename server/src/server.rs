@@ -21,9 +21,9 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::SharedEngine;
 use crate::http::{BindError, Runtime, Service};
+use crate::ops::reload::Plan as ReloadPlan;
 use crate::rooms::ticker::Ticker;
 use crate::rooms::{Defaults, Rooms};
-use crate::ops::reload::Plan as ReloadPlan;
 
 /// Why the server could not start. All are fatal at start.
 #[derive(Debug, thiserror::Error)]
