@@ -8,10 +8,12 @@
 //! floor write-uring ADDR N ROUNDS BYTES B  the same sends as io_uring `Send`s, B per
 //!                                          `submit_and_wait` (issue 16, item 4)
 //!
-//! Both writers print the CPU this process spent in the rounds (connecting
-//! excluded) per write, from /proc/self like `benches floor-gap` reads a
-//! server's: on loopback the receiver's TCP work runs in the sender's
-//! context, so it is charged to the writer in both modes alike.
+//! BYTES is the payload: 130 makes the 134-byte frame (4-byte header) of
+//! `benches floor-gap`. Both writers print the CPU this process spent in
+//! the rounds (connecting excluded) per write, read from /proc/self as
+//! `benches floor-gap` reads a server's: on loopback the receiver's TCP
+//! work runs in the sender's context, so it is charged to the writer in
+//! both modes alike.
 //!
 //! Two processes, because N sockets on each side would not fit one
 //! process's open-file limit.
