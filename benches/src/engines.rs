@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{build, client_sim, root, start_with};
+use super::{build, root, start_with};
 
 #[derive(clap::Args, Clone)]
 pub struct EngineOpts {
@@ -83,28 +83,15 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
-fn fanout(o: &EngineOpts, extra: &[&str], redis_pid: Option<u32>) -> Result<Value, String> {
+fn measure(o: &EngineOpts, extra: &[&str], redis_pid: Option<u32>) -> Result<Value, String> {
     let server = start_with("surge", extra)?;
     let redis_before = redis_pid.and_then(cpu_seconds);
-    let r = client_sim(
+    let r = super::fanout(
         &server,
-        &[
-            "fanout".into(),
-            "--conns".into(),
-            o.conns.to_string(),
-            "--rate".into(),
-            "100000".into(),
-            "--hold".into(),
-            "0".into(),
-            "--clinics".into(),
-            "1".into(),
-            "--publications".into(),
-            o.publications.to_string(),
-            "--pub-rate".into(),
-            "1000000".into(),
-            "--procs".into(),
-            o.fanout_procs.to_string(),
-        ],
+        o.conns,
+        o.publications,
+        1_000_000.0,
+        o.fanout_procs,
     )?;
     let redis_cpu = match (redis_before, redis_pid.and_then(cpu_seconds)) {
         (Some(a), Some(b)) => Some(b - a),
@@ -128,11 +115,11 @@ pub fn run(o: &EngineOpts) -> Result<(), String> {
         build()?;
     }
     eprintln!("benches: in-process engine ...");
-    let memory = fanout(o, &[], None)?;
+    let memory = measure(o, &[], None)?;
     let redis = start_redis()?;
     let url = format!("redis://127.0.0.1:{}/0", redis.port);
     eprintln!("benches: Redis engine ({url}) ...");
-    let via_redis = fanout(o, &["--redis", &url], Some(redis.child.id()))?;
+    let via_redis = measure(o, &["--redis", &url], Some(redis.child.id()))?;
     drop(redis);
 
     let f = |v: &Value, path: &[&str]| path.iter().fold(v, |v, k| &v[*k]).as_f64();

@@ -170,6 +170,40 @@ fn client_sim(server: &Server, args: &[String]) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
+/// client-sim's fan-out to `conns` subscribers of one clinic channel,
+/// ramped as fast as the server takes it and without a hold, as every
+/// macro benchmark that compares fan-out runs it.
+fn fanout(
+    server: &Server,
+    conns: u64,
+    publications: u64,
+    pub_rate: f64,
+    procs: usize,
+) -> Result<Value, String> {
+    client_sim(
+        server,
+        &[
+            "fanout".into(),
+            "--conns".into(),
+            conns.to_string(),
+            "--rate".into(),
+            "100000".into(),
+            "--hold".into(),
+            "0".into(),
+            "--clinics".into(),
+            "1".into(),
+            "--publications".into(),
+            publications.to_string(),
+            "--pub-rate".into(),
+            pub_rate.to_string(),
+            // Two receiving processes, so the receiver is not one thread
+            // parsing every delivery while the server has both cores.
+            "--procs".into(),
+            procs.to_string(),
+        ],
+    )
+}
+
 fn measure(kind: &str, o: &Opts) -> Result<Value, String> {
     let mut memory = Vec::new();
     let mut handshakes = 0.0;
@@ -191,28 +225,7 @@ fn measure(kind: &str, o: &Opts) -> Result<Value, String> {
         handshakes = r["handshakes_per_second"].as_f64().unwrap_or(0.0);
     }
     let server = start(kind)?;
-    let r = client_sim(
-        &server,
-        &[
-            "fanout".into(),
-            "--conns".into(),
-            o.conns.to_string(),
-            "--rate".into(),
-            "100000".into(),
-            "--hold".into(),
-            "0".into(),
-            "--clinics".into(),
-            "1".into(),
-            "--publications".into(),
-            o.publications.to_string(),
-            "--pub-rate".into(),
-            o.pub_rate.to_string(),
-            // Two receiving processes, so the receiver is not one thread
-            // parsing every delivery while the server has both cores.
-            "--procs".into(),
-            o.fanout_procs.to_string(),
-        ],
-    )?;
+    let r = fanout(&server, o.conns, o.publications, o.pub_rate, o.fanout_procs)?;
     let deliveries = r["deliveries"].as_f64().unwrap_or(0.0);
     let cpu = r["server"]["cpu_seconds_fanout"].as_f64();
     Ok(json!({
