@@ -32,7 +32,13 @@ fn half_open(addr: SocketAddr, source: IpAddr, n: usize) -> Vec<TcpStream> {
                 socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
             s.bind(&SocketAddr::new(source, 0).into()).ok()?;
             s.connect_timeout(&addr.into(), WAIT).ok()?;
-            Some(s.into())
+            // The start of a request head, never finished: a socket that
+            // sent nothing stays in the kernel's queue (TCP_DEFER_ACCEPT)
+            // and costs surge no descriptor, so the flood would not reach
+            // it; one byte makes every socket a handshake surge must hold.
+            let mut s: TcpStream = s.into();
+            s.write_all(b"GET /ws HTTP/1.1\r\n").ok()?;
+            Some(s)
         })
         .collect()
 }
