@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{build, root, start_with};
+use super::{build, start_with};
 
 #[derive(clap::Args, Clone)]
 pub struct EngineOpts {
@@ -179,20 +179,7 @@ pub fn run(o: &EngineOpts) -> Result<(), String> {
         "connections": o.conns, "publications": o.publications,
         "memory": memory, "redis": via_redis,
     });
-    let path = if o.json.is_absolute() {
-        o.json.clone()
-    } else {
-        root().join(&o.json)
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    }
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
-    println!("results: {}", path.display());
+    super::write_results(&o.json, &results)?;
     if lost(&memory) || lost(&via_redis) {
         return Err("a fan-out lost, duplicated or missed deliveries".into());
     }

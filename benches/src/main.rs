@@ -422,19 +422,23 @@ fn all(o: &Opts) -> Result<(), String> {
         "extrapolated_1m": {"user_space_bytes": user * 1e6, "kernel_bytes": per_socket * 1e6},
         "table": rows.iter().map(|(n, s, b, fl)| json!({"metric": n, "surge": s, "baseline": b, "floor": fl})).collect::<Vec<_>>(),
     });
-    let path = if o.json.is_absolute() {
-        o.json.clone()
+    write_results(&o.json, &results)?;
+    Ok(())
+}
+
+/// Writes a benchmark's JSON results to `json` (relative to the workspace)
+/// and says where.
+fn write_results(json: &Path, results: &Value) -> Result<(), String> {
+    let path = if json.is_absolute() {
+        json.to_path_buf()
     } else {
-        root().join(&o.json)
+        root().join(json)
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
     println!("results: {}", path.display());
     Ok(())
 }

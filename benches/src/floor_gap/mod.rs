@@ -152,6 +152,10 @@ fn start(kind: Kind, o: &Opts) -> Result<Pinned, String> {
                 "warn",
                 "--max-connections",
                 "19500",
+                // Every benchmark client comes from 127.0.0.1: the per-address
+                // cap (sized for NAT) would refuse all past 4,096.
+                "--max-connections-per-ip",
+                "0",
                 "--workers",
                 &workers,
             ]);
