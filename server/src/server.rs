@@ -97,6 +97,7 @@ impl Server {
         let history_config = config
             .history_config()
             .map_err(|e| StartError::Config(e.to_string()))?;
+        let mut redis_link = None;
         let engine: SharedEngine = match &config.redis {
             None => Arc::new(MemoryEngine::with_clock(
                 history_config,
@@ -113,6 +114,7 @@ impl Server {
                 };
                 let engine = RedisEngine::start(settings, history_config, broker.clone())
                     .map_err(|e| StartError::Config(e.to_string()))?;
+                redis_link = Some(engine.link());
                 Arc::new(engine)
             }
         };
@@ -136,7 +138,10 @@ impl Server {
             grace_s: u32::try_from(config.room_grace.0).unwrap_or(u32::MAX),
             admission_ttl_s: config.room_admission_ttl.0,
         };
-        let rooms = Arc::new(Rooms::new(room_key, room_defaults, Some(broker.clone())));
+        let rooms = Arc::new(match redis_link {
+            Some(link) => Rooms::in_redis(room_key, room_defaults, broker.clone(), link),
+            None => Rooms::new(room_key, room_defaults, Some(broker.clone())),
+        });
         let _ = metrics.rooms.set(rooms.clone());
         let ticker = Ticker::spawn(rooms.clone()).map_err(|source| StartError::Worker {
             id: usize::MAX,

@@ -76,6 +76,7 @@ fn refusal(e: RoomError) -> (u16, String) {
         RoomError::NoSecret => 409,
         RoomError::TooMany => 429,
         RoomError::BadName(_) | RoomError::BadSettings(_) => 400,
+        RoomError::Unavailable(_) => 503,
     };
     (status, e.to_string())
 }

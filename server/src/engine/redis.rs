@@ -283,6 +283,26 @@ impl RedisEngine {
     }
 }
 
+/// What the waiting rooms borrow from the engine to keep their lines in the
+/// same Redis: its runtime, its command connection (which reconnects by
+/// itself) and its timeout. One connection setup for the whole node.
+#[derive(Clone)]
+pub struct RedisLink {
+    pub handle: tokio::runtime::Handle,
+    pub commands: ConnectionManager,
+    pub timeout: Duration,
+}
+
+impl RedisEngine {
+    pub fn link(&self) -> RedisLink {
+        RedisLink {
+            handle: self.handle.clone(),
+            commands: self.shared.commands.clone(),
+            timeout: self.shared.timeout,
+        }
+    }
+}
+
 impl Engine for RedisEngine {
     fn publish(&self, items: &[(&str, &str)]) -> Result<Vec<Position>, EngineError> {
         let owned: Vec<(String, String)> = items

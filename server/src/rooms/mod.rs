@@ -39,6 +39,7 @@
 //! per-connection state in `core`.
 
 pub mod messages;
+pub mod redis;
 pub mod room;
 #[cfg(test)]
 mod room_tests;
@@ -48,7 +49,6 @@ pub mod ticker;
 pub mod ticket;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -58,9 +58,11 @@ use crate::channels::name;
 use crate::channels::protocol::ErrorCode;
 use crate::channels::token::TokenKey;
 use crate::engine::log::random_u64;
+use crate::engine::redis::RedisLink;
 use crate::wire::frame::{encode_frame, OpCode};
+use redis::RedisRooms;
 use room::{Holder, Push, Room, Settings};
-use stats::WAIT_BUCKETS_S;
+use stats::WaitTimes;
 use ticket::{Spot, TicketError};
 
 pub use room::View;
@@ -87,6 +89,9 @@ pub enum RoomError {
     TooMany,
     #[error("{0}")]
     BadSettings(String),
+    /// Redis (with `--redis`) did not answer: retry.
+    #[error("the rooms' store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The booking backend's verify answer.
@@ -121,6 +126,8 @@ pub struct Rooms {
     defaults: Defaults,
     state: Mutex<Registry>,
     broker: Option<Arc<Broker>>,
+    /// With `--redis`: every call goes there instead (`redis/`).
+    shared: Option<Arc<RedisRooms>>,
 }
 
 impl Rooms {
@@ -132,7 +139,24 @@ impl Rooms {
             defaults,
             state: Mutex::new(Registry::default()),
             broker,
+            shared: None,
         }
+    }
+
+    /// Rooms kept in Redis through the engine's link, shared by every node
+    /// (`redis/`); without a token secret rooms stay disabled as in-process.
+    pub fn in_redis(
+        key: Option<TokenKey>,
+        defaults: Defaults,
+        broker: Arc<Broker>,
+        link: RedisLink,
+    ) -> Rooms {
+        let mut rooms = Rooms::new(key.clone(), defaults, Some(broker.clone()));
+        rooms.shared = key.map(|key| {
+            let deliver = Box::new(move |pushes| deliver(&broker, pushes));
+            RedisRooms::new(link, key, defaults, deliver)
+        });
+        rooms
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -141,8 +165,22 @@ impl Rooms {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A browser's join; answers with the frame payload to send it.
-    pub fn join(&self, room: &str, ticket: Option<&str>, holder: Holder, now: u64) -> Vec<u8> {
+    /// A browser's join; answers with the frame payload to send it, or
+    /// `None` when the answer will come through the worker's inbox (Redis).
+    pub fn join(
+        &self,
+        room: &str,
+        ticket: Option<&str>,
+        holder: Holder,
+        now: u64,
+    ) -> Option<Vec<u8>> {
+        if let Some(shared) = &self.shared {
+            return shared.join(room, ticket, holder);
+        }
+        Some(self.join_here(room, ticket, holder, now))
+    }
+
+    fn join_here(&self, room: &str, ticket: Option<&str>, holder: Holder, now: u64) -> Vec<u8> {
         let Some(key) = &self.key else {
             let message = "waiting rooms are disabled on this server";
             return messages::error(room, ErrorCode::UnknownRoom, message);
@@ -189,6 +227,9 @@ impl Rooms {
 
     /// A connection that joined a room has closed.
     pub fn leave(&self, holder: Holder, now: u64) {
+        if let Some(shared) = &self.shared {
+            return shared.leave(holder);
+        }
         let mut guard = self.lock();
         let registry = &mut *guard;
         if let Some((name, spot)) = registry.holders.remove(&holder) {
@@ -200,6 +241,9 @@ impl Rooms {
 
     /// Time passes for every room; their pushes go to the workers.
     pub fn tick(&self, now: u64) {
+        if let Some(shared) = &self.shared {
+            return shared.tick(now);
+        }
         let Some(key) = &self.key else {
             return;
         };
@@ -225,6 +269,9 @@ impl Rooms {
         if !name::is_valid(name) {
             return Err(RoomError::BadName(name.to_string()));
         }
+        if let Some(shared) = &self.shared {
+            return shared.put(name, settings);
+        }
         let mut registry = self.lock();
         if let Some(room) = registry.rooms.get_mut(name) {
             room.update(settings);
@@ -246,6 +293,9 @@ impl Rooms {
 
     /// `GET /api/rooms/NAME`.
     pub fn view(&self, name: &str, now: u64) -> Result<View, RoomError> {
+        if let Some(shared) = &self.shared {
+            return shared.view(name, now);
+        }
         let registry = self.lock();
         let room = registry
             .rooms
@@ -256,6 +306,9 @@ impl Rooms {
 
     /// `DELETE /api/rooms/NAME`: everyone still waiting is told `reason`.
     pub fn close(&self, name: &str, reason: &str) -> Result<(), RoomError> {
+        if let Some(shared) = &self.shared {
+            return shared.close(name, reason);
+        }
         let pushes = {
             let mut guard = self.lock();
             let registry = &mut *guard;
@@ -276,6 +329,9 @@ impl Rooms {
     /// `POST /api/rooms/NAME/verify`.
     pub fn verify(&self, name: &str, token: &str, now: u64) -> Result<Verdict, RoomError> {
         let key = self.key.as_ref().ok_or(RoomError::NoSecret)?;
+        if let Some(shared) = &self.shared {
+            return shared.verify(name, token, now);
+        }
         let registry = self.lock();
         let room = registry
             .rooms
@@ -290,110 +346,51 @@ impl Rooms {
         })
     }
 
-    /// Hands pushes to their workers: one inbox command per worker.
     fn deliver(&self, pushes: Vec<Push>) {
-        let Some(broker) = &self.broker else {
-            return;
-        };
-        let mut per_worker: HashMap<u16, Vec<(u32, u16, Bytes)>> = HashMap::new();
-        for push in pushes {
-            let mut frame = Vec::with_capacity(push.payload.len() + 4);
-            encode_frame(&mut frame, OpCode::Text, &push.payload, None);
-            per_worker.entry(push.holder.worker).or_default().push((
-                push.holder.token,
-                push.holder.gen,
-                frame.into(),
-            ));
-        }
-        for (worker, frames) in per_worker {
-            broker.send_room(usize::from(worker), frames);
+        if let Some(broker) = &self.broker {
+            deliver(broker, pushes);
         }
     }
 
-    /// Per-room series for /metrics, appended to `out`.
+    /// Per-room series for /metrics, appended to `out`. With Redis, every
+    /// node shows the whole cluster's figures for each room.
     pub fn prometheus(&self, out: &mut String, now: u64) {
-        let registry = self.lock();
-        if registry.rooms.is_empty() {
-            return;
-        }
-        let mut rooms: Vec<&Room> = registry.rooms.values().collect();
-        rooms.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut series = |name: &str, kind: &str, help: &str, value: &dyn Fn(&Room) -> String| {
-            let _ = writeln!(
-                out,
-                "# HELP surge_{name} {help}\n# TYPE surge_{name} {kind}"
-            );
-            for room in &rooms {
-                let _ = writeln!(
-                    out,
-                    "surge_{name}{{room=\"{}\"}} {}",
-                    room.name,
-                    value(room)
-                );
+        match &self.shared {
+            Some(shared) => shared.with_mirrors(|mirrors| {
+                let rooms: Vec<(&str, View, &WaitTimes)> = mirrors
+                    .iter()
+                    .map(|m| (m.name.as_ref(), m.view(now), &m.waits))
+                    .collect();
+                stats::prometheus(out, &rooms);
+            }),
+            None => {
+                let registry = self.lock();
+                let mut rooms: Vec<(&str, View, &WaitTimes)> = registry
+                    .rooms
+                    .values()
+                    .map(|r| (r.name.as_ref(), r.view(now), &r.waits))
+                    .collect();
+                rooms.sort_by(|a, b| a.0.cmp(b.0));
+                stats::prometheus(out, &rooms);
             }
-        };
-        series(
-            "room_waiting",
-            "gauge",
-            "People in line (including those away within the grace period).",
-            &|r| r.view(now).waiting.to_string(),
-        );
-        series(
-            "room_admitted",
-            "gauge",
-            "Admissions outstanding (not yet expired).",
-            &|r| r.view(now).admitted.to_string(),
-        );
-        series(
-            "room_admissions_total",
-            "counter",
-            "Admissions made.",
-            &|r| r.view(now).admitted_total.to_string(),
-        );
-        series(
-            "room_admit_per_minute",
-            "gauge",
-            "Configured admission rate.",
-            &|r| r.view(now).admit_per_minute.to_string(),
-        );
-        series(
-            "room_admission_rate_per_minute",
-            "gauge",
-            "Admission rate measured over the last minute.",
-            &|r| format!("{:.1}", r.view(now).measured_per_minute),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP surge_room_wait_seconds Time from joining to admission.\n# TYPE surge_room_wait_seconds histogram"
-        );
-        for room in &rooms {
-            let w = &room.waits;
-            let mut cumulative = 0;
-            for (i, bound) in WAIT_BUCKETS_S.iter().enumerate() {
-                cumulative += w.buckets[i];
-                let _ = writeln!(
-                    out,
-                    "surge_room_wait_seconds_bucket{{room=\"{}\",le=\"{bound}\"}} {cumulative}",
-                    room.name
-                );
-            }
-            let name = &room.name;
-            let _ = writeln!(
-                out,
-                "surge_room_wait_seconds_bucket{{room=\"{name}\",le=\"+Inf\"}} {}",
-                w.count
-            );
-            let _ = writeln!(
-                out,
-                "surge_room_wait_seconds_sum{{room=\"{name}\"}} {}",
-                w.sum_s
-            );
-            let _ = writeln!(
-                out,
-                "surge_room_wait_seconds_count{{room=\"{name}\"}} {}",
-                w.count
-            );
         }
+    }
+}
+
+/// Hands pushes to their workers: one inbox command per worker.
+fn deliver(broker: &Broker, pushes: Vec<Push>) {
+    let mut per_worker: HashMap<u16, Vec<(u32, u16, Bytes)>> = HashMap::new();
+    for push in pushes {
+        let mut frame = Vec::with_capacity(push.payload.len() + 4);
+        encode_frame(&mut frame, OpCode::Text, &push.payload, None);
+        per_worker.entry(push.holder.worker).or_default().push((
+            push.holder.token,
+            push.holder.gen,
+            frame.into(),
+        ));
+    }
+    for (worker, frames) in per_worker {
+        broker.send_room(usize::from(worker), frames);
     }
 }
 

@@ -26,7 +26,10 @@ impl Worker {
         if let Some(conn) = self.conns.get_mut(token) {
             conn.set(flag::IN_ROOM);
         }
-        self.send_text(token, reply);
+        // With Redis the answer comes later, as a room frame in the inbox.
+        if let Some(reply) = reply {
+            self.send_text(token, reply);
+        }
     }
 
     /// Frames the ticker chose for connections of this worker. A frame for

@@ -4,6 +4,9 @@
 //! size, whatever the size of the room.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
+
+use crate::rooms::room::View;
 
 /// Seconds the measured admission rate looks back: long enough to smooth
 /// the 100 ms ticks, short enough that a rate change shows within a minute.
@@ -97,6 +100,83 @@ impl WaitTimes {
         }
         let mid = sample.len() / 2;
         Some(*sample.select_nth_unstable(mid).1)
+    }
+}
+
+/// Per-room series for /metrics (name, figures, waits), sorted by name.
+pub fn prometheus(out: &mut String, rooms: &[(&str, View, &WaitTimes)]) {
+    if rooms.is_empty() {
+        return;
+    }
+    let mut series = |name: &str, kind: &str, help: &str, value: &dyn Fn(&View) -> String| {
+        let _ = writeln!(
+            out,
+            "# HELP surge_{name} {help}\n# TYPE surge_{name} {kind}"
+        );
+        for (room, view, _) in rooms {
+            let _ = writeln!(out, "surge_{name}{{room=\"{room}\"}} {}", value(view));
+        }
+    };
+    series(
+        "room_waiting",
+        "gauge",
+        "People in line (including those away within the grace period).",
+        &|r| r.waiting.to_string(),
+    );
+    series(
+        "room_admitted",
+        "gauge",
+        "Admissions outstanding (not yet expired).",
+        &|r| r.admitted.to_string(),
+    );
+    series(
+        "room_admissions_total",
+        "counter",
+        "Admissions made.",
+        &|r| r.admitted_total.to_string(),
+    );
+    series(
+        "room_admit_per_minute",
+        "gauge",
+        "Configured admission rate.",
+        &|r| r.admit_per_minute.to_string(),
+    );
+    series(
+        "room_admission_rate_per_minute",
+        "gauge",
+        "Admission rate measured over the last minute.",
+        &|r| format!("{:.1}", r.measured_per_minute),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP surge_room_wait_seconds Time from joining to admission.\n# TYPE surge_room_wait_seconds histogram"
+    );
+    for (room, _, w) in rooms {
+        let mut cumulative = 0;
+        for (i, bound) in WAIT_BUCKETS_S.iter().enumerate() {
+            cumulative += w.buckets[i];
+            let _ = writeln!(
+                out,
+                "surge_room_wait_seconds_bucket{{room=\"{}\",le=\"{bound}\"}} {cumulative}",
+                room
+            );
+        }
+        let name = room;
+        let _ = writeln!(
+            out,
+            "surge_room_wait_seconds_bucket{{room=\"{name}\",le=\"+Inf\"}} {}",
+            w.count
+        );
+        let _ = writeln!(
+            out,
+            "surge_room_wait_seconds_sum{{room=\"{name}\"}} {}",
+            w.sum_s
+        );
+        let _ = writeln!(
+            out,
+            "surge_room_wait_seconds_count{{room=\"{name}\"}} {}",
+            w.count
+        );
     }
 }
 

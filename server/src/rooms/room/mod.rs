@@ -25,8 +25,7 @@ use crate::rooms::ticket::{self, Admission, Spot, TicketError};
 
 mod time;
 
-use time::IDLE_CREDIT;
-pub use time::{MAX_UPDATES_PER_SECOND, UPDATE_INTERVAL_S};
+pub use time::{IDLE_CREDIT, MAX_UPDATES_PER_SECOND, UPDATE_INTERVAL_S};
 
 /// Where a browser's pushes go: a worker and a connection in its slab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -23,7 +23,7 @@ pub const MAX_UPDATES_PER_SECOND: usize = 20_000;
 /// Most credit a room keeps while it has nobody to admit or no room for
 /// more: just under one admission, so nobody waits a whole interval after
 /// a quiet spell and nothing saved up turns into a burst.
-pub(super) const IDLE_CREDIT: f64 = 0.999;
+pub const IDLE_CREDIT: f64 = 0.999;
 
 impl Room {
     /// Everything time does: the opening, admissions, expiries, and once a

@@ -1,0 +1,361 @@
+//! Waiting rooms shared through a real redis-server by three real Surge
+//! nodes, with tokio-tungstenite browsers joining through different nodes
+//! and the booking backend talking to any of them: one line for all,
+//! admitted once each in ticket order at the cluster-wide rate, places
+//! kept across nodes, `max_admitted` and `DELETE` cluster-wide, and a
+//! clear error while Redis is down. Rates are counts over windows the test
+//! measures; nothing asserts on wall time beyond bounded waits.
+
+mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis_server::Redis;
+use serde_json::{json, Value};
+use surge::channels::token::unix_now;
+use surge::Server;
+
+const SECRET: &str = "booking-backend-shared-secret-1";
+const KEY: &str = "publish-api-key-0123456789";
+
+fn node(redis: &Redis) -> Server {
+    start(&[
+        "--redis",
+        &redis.url(),
+        "--redis-timeout",
+        "1s",
+        "--token-secret",
+        SECRET,
+        "--api-key",
+        KEY,
+    ])
+}
+
+fn api(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("http://{}{}", server.publish_addr, path);
+    let request = ureq::request(method, &url)
+        .timeout(WAIT)
+        .set("Authorization", &format!("Bearer {KEY}"));
+    let result = match body {
+        Some(b) => request.send_string(&b.to_string()),
+        None => request.call(),
+    };
+    let (status, text) = match result {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("room API request failed: {e}"),
+    };
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn room(server: &Server, name: &str) -> Value {
+    let (status, body) = api(server, "GET", &format!("/api/rooms/{name}"), None);
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn join(ws: &mut Ws, room: &str, ticket: Option<&str>) -> Value {
+    let mut cmd = json!({"op":"join","room":room});
+    if let Some(t) = ticket {
+        cmd["ticket"] = json!(t);
+    }
+    send_text(ws, &cmd.to_string()).await;
+    next_json(ws).await
+}
+
+async fn ws_to(addr: SocketAddr) -> Ws {
+    let url = format!("ws://{addr}/ws");
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    ws
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT * 3;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What one browser saw from joining to admission.
+struct Seen {
+    ticket: String,
+    positions: Vec<u64>,
+    seq: u64,
+    token: String,
+}
+
+/// One browser: joins through `first`; if `then` is set, drops after its
+/// first position update and rejoins with its ticket through `then`.
+async fn wait_in_line(first: SocketAddr, then: Option<SocketAddr>, room: String) -> Seen {
+    let mut ws = ws_to(first).await;
+    let answer = join(&mut ws, &room, None).await;
+    assert_eq!(answer["op"], "queued", "{answer}");
+    let ticket = answer["ticket"].as_str().expect("ticket").to_string();
+    let mut positions: Vec<u64> = answer["position"].as_u64().into_iter().collect();
+    let mut then = then;
+    loop {
+        let v = tokio::time::timeout(WAIT * 6, next_json(&mut ws))
+            .await
+            .expect("admitted in time");
+        match v["op"].as_str() {
+            Some("queued") => {
+                positions.extend(v["position"].as_u64());
+                if let Some(other) = then.take() {
+                    drop(ws);
+                    ws = ws_to(other).await;
+                    let back = join(&mut ws, &room, Some(&ticket)).await;
+                    match back["op"].as_str() {
+                        Some("queued") => positions.extend(back["position"].as_u64()),
+                        Some("admitted") => {
+                            return Seen {
+                                ticket,
+                                positions,
+                                seq: back["seq"].as_u64().expect("seq"),
+                                token: back["token"].as_str().expect("token").into(),
+                            }
+                        }
+                        _ => panic!("the ticket lost its place on another node: {back}"),
+                    }
+                }
+            }
+            Some("admitted") => {
+                return Seen {
+                    ticket,
+                    positions,
+                    seq: v["seq"].as_u64().expect("seq"),
+                    token: v["token"].as_str().expect("token").into(),
+                }
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+}
+
+fn ticket_parts(ticket: &str) -> (String, u64) {
+    let parts: Vec<&str> = ticket.split('.').collect();
+    assert_eq!(parts.len(), 5, "{ticket}");
+    (parts[0].to_string(), parts[3].parse().expect("number"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_three_nodes_share_one_line_admitted_once_each_in_ticket_order() {
+    const EARLY: usize = 60;
+    const LATE: usize = 240;
+    const PER_MINUTE: u64 = 3_000;
+    let redis = Redis::start(false);
+    let nodes = [node(&redis), node(&redis), node(&redis)];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.public_addr).collect();
+    let opens_at = unix_now() + 3;
+    let (status, body) = api(
+        &nodes[0],
+        "PUT",
+        "/api/rooms/sale",
+        Some(json!({"admit_per_minute": PER_MINUTE, "opens_at": opens_at})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut browsers = Vec::new();
+    let spawn = |i: usize| {
+        // Every tenth drops once and comes back through the next node.
+        let then = (i % 10 == 5).then(|| addrs[(i + 1) % 3]);
+        tokio::spawn(wait_in_line(addrs[i % 3], then, "sale".into()))
+    };
+    for i in 0..EARLY {
+        browsers.push(spawn(i));
+    }
+    until("the opening", || unix_now() > opens_at).await;
+    for i in EARLY..EARLY + LATE {
+        browsers.push(spawn(i));
+    }
+    until("everyone in line", || {
+        let r = room(&nodes[1], "sale");
+        r["waiting"].as_u64().unwrap_or(0) + r["admitted_total"].as_u64().unwrap_or(0)
+            == (EARLY + LATE) as u64
+    })
+    .await;
+    // The cluster's rate, as counts over a window measured here, read on
+    // two different nodes.
+    let (t1, a1) = (
+        Instant::now(),
+        room(&nodes[2], "sale")["admitted_total"].clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = room(&nodes[0], "sale");
+    let seconds = t1.elapsed().as_secs_f64();
+    let admitted = r["admitted_total"].as_u64().unwrap() - a1.as_u64().unwrap();
+    assert!(
+        r["waiting"].as_u64().unwrap() > 0,
+        "the line ran dry: window invalid"
+    );
+    let per_minute = admitted as f64 / seconds * 60.0;
+    println!("admitted {admitted} in {seconds:.2} s: {per_minute:.0}/min (set {PER_MINUTE})");
+    let off = (per_minute - PER_MINUTE as f64).abs() / PER_MINUTE as f64;
+    assert!(
+        off < 0.10,
+        "{per_minute:.0}/min against {PER_MINUTE} (three nodes tick)"
+    );
+
+    let mut seen = Vec::new();
+    for b in browsers {
+        seen.push(b.await.expect("browser task"));
+    }
+    seen.sort_by_key(|s| s.seq);
+    let seqs: Vec<u64> = seen.iter().map(|s| s.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=(EARLY + LATE) as u64).collect::<Vec<_>>(),
+        "each once"
+    );
+    let order: Vec<(String, u64)> = seen.iter().map(|s| ticket_parts(&s.ticket)).collect();
+    let early = order.iter().take_while(|(k, _)| k == "p").count();
+    assert!(
+        order[early..].iter().all(|(k, _)| k == "q"),
+        "pre-queue ahead of all"
+    );
+    assert!(
+        early >= EARLY / 2,
+        "the early joiners were in the pre-queue: {early}"
+    );
+    let serials: Vec<u64> = order[..early].iter().map(|(_, n)| *n).collect();
+    assert!(
+        serials.windows(2).any(|w| w[0] > w[1]),
+        "pre-queue shuffled"
+    );
+    let places: Vec<u64> = order[early..].iter().map(|(_, n)| *n).collect();
+    assert!(
+        places.windows(2).all(|w| w[0] < w[1]),
+        "then in ticket order"
+    );
+    for s in &seen {
+        assert!(
+            s.positions.windows(2).all(|w| w[0] >= w[1]),
+            "positions never increase: {:?}",
+            s.positions
+        );
+    }
+    // An admission made through one node verifies on another.
+    let path = "/api/rooms/sale/verify";
+    let (_, v) = api(
+        &nodes[1],
+        "POST",
+        path,
+        Some(json!({"token": seen[0].token})),
+    );
+    assert_eq!(v["valid"], true, "{v}");
+    for n in nodes {
+        n.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_admitted_holds_across_nodes_and_delete_reaches_every_node() {
+    let redis = Redis::start(false);
+    let (a, b) = (node(&redis), node(&redis));
+    let settings = json!({"admit_per_minute": 60_000, "max_admitted": 4, "admission_ttl": 600});
+    let (status, _) = api(&b, "PUT", "/api/rooms/clinic", Some(settings));
+    assert_eq!(status, 201);
+    let mut line = Vec::new();
+    for i in 0..12 {
+        let mut ws = ws_to(if i % 2 == 0 {
+            a.public_addr
+        } else {
+            b.public_addr
+        })
+        .await;
+        let q = join(&mut ws, "clinic", None).await;
+        assert!(q["op"] == "queued" || q["op"] == "admitted", "{q}");
+        line.push((ws, q));
+    }
+    until("four admitted", || {
+        room(&a, "clinic")["admitted_total"] == 4
+    })
+    .await;
+    // A few more ticks on both nodes: still four, cluster-wide.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in [&a, &b] {
+        let r = room(n, "clinic");
+        assert_eq!(
+            (r["admitted"].as_u64(), r["waiting"].as_u64()),
+            (Some(4), Some(8)),
+            "{r}"
+        );
+    }
+    let mut admitted = 0;
+    let mut waiting = Vec::new();
+    for (mut ws, q) in line {
+        if q["op"] == "admitted" {
+            admitted += 1;
+            continue;
+        }
+        let next = tokio::time::timeout(Duration::from_millis(300), next_json(&mut ws)).await;
+        match next {
+            Ok(v) if v["op"] == "admitted" => admitted += 1,
+            _ => waiting.push(ws),
+        }
+    }
+    assert_eq!((admitted, waiting.len()), (4, 8));
+
+    let body = Some(json!({"reason": "sold out"}));
+    let (status, _) = api(&a, "DELETE", "/api/rooms/clinic", body);
+    assert_eq!(status, 200);
+    for ws in &mut waiting {
+        let e = loop {
+            let v = next_json(ws).await;
+            if v["op"] == "error" {
+                break v;
+            }
+        };
+        assert_eq!(
+            (e["code"].as_str(), e["message"].as_str()),
+            (Some("room_closed"), Some("sold out"))
+        );
+    }
+    let mut late = ws_to(b.public_addr).await;
+    assert_eq!(join(&mut late, "clinic", None).await["code"], "room_closed");
+    a.shutdown();
+    b.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_while_redis_is_down_gets_an_error_frame_and_works_once_it_is_back() {
+    let mut redis = Redis::start(true);
+    let a = node(&redis);
+    let (status, _) = api(
+        &a,
+        "PUT",
+        "/api/rooms/r",
+        Some(json!({"admit_per_minute": 0})),
+    );
+    assert_eq!(status, 201);
+    let mut ws = ws_to(a.public_addr).await;
+    let first = join(&mut ws, "r", None).await;
+    assert_eq!(first["position"], 1, "{first}");
+    redis.stop();
+    let e = join(&mut ws, "r", first["ticket"].as_str()).await;
+    assert_eq!(
+        (e["op"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{e}"
+    );
+    let (status, _) = api(&a, "GET", "/api/rooms/r", None);
+    assert_eq!(status, 503);
+    redis.launch(true);
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        let back = join(&mut ws, "r", first["ticket"].as_str()).await;
+        if back["op"] == "queued" {
+            assert_eq!(back["position"], 1, "the place survived: {back}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "rooms never came back: {back}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.shutdown();
+}
