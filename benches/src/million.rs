@@ -14,6 +14,14 @@
 //! received, writes JSON, stops every process it started, and exits 1 when
 //! a connection or a delivery is missing.
 //!
+//! With `--scenario queue` the same cluster holds one waiting room in Redis
+//! instead (issue 12): client-sim's `queue` joins `--conns` browsers to it
+//! over the processes and source addresses (a share before the opening,
+//! some dropping and rejoining with their ticket on whichever node they
+//! land) and reports order violations, duplicates, tickets lost, the
+//! admission rate achieved against `--admit-per-minute`, messages per
+//! waiting user and the servers' bytes per waiting connection.
+//!
 //! It owns the run and the verdict; starting and stopping processes is
 //! `cluster`'s, measuring is client-sim's.
 
@@ -99,6 +107,25 @@ pub struct Opts {
     /// Use the binaries already in target/release.
     #[arg(long)]
     pub skip_build: bool,
+    /// `queue`: a waiting room instead of the fan-out (needs `--engine redis`).
+    #[arg(long, value_enum, default_value = "fanout")]
+    pub scenario: ScenarioKind,
+    /// `queue`: the room's admissions per minute.
+    #[arg(long, default_value_t = 30_000)]
+    pub admit_per_minute: u32,
+    /// `queue`: seconds from creating the room to its opening (the
+    /// pre-queue joins before it).
+    #[arg(long, default_value_t = 30)]
+    pub opens_in: u64,
+}
+
+/// What the cluster is made to do.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScenarioKind {
+    /// Subscribe and fan out (the million).
+    Fanout,
+    /// One waiting room shared through Redis.
+    Queue,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +229,11 @@ fn run_inner(o: &Opts, root: &Path) -> Result<bool, String> {
             args.extend(["--redis".to_string(), r.url.clone()]);
             args.extend(["--redis-timeout".to_string(), o.redis_timeout.clone()]);
         }
+        if o.scenario == ScenarioKind::Queue {
+            // A few hundred browsers per source address is the point of
+            // this run, not an abuse.
+            args.extend(["--max-connections-per-ip".to_string(), "0".to_string()]);
+        }
         let log = cluster::log_file(&logs, &format!("surge-{i}.log"))?;
         let env = [("SURGE_TOKEN_SECRET", TOKEN_SECRET)];
         nodes.push(cluster::start_node(&bin("surge"), &args, &env, log)?);
@@ -210,6 +242,9 @@ fn run_inner(o: &Opts, root: &Path) -> Result<bool, String> {
     let report_path = dir.join("client-sim.json");
     let _ = std::fs::remove_file(&report_path);
     let join = |v: Vec<String>| v.join(",");
+    if o.scenario == ScenarioKind::Queue {
+        return queue(o, (procs, port), &nodes, &bin("client-sim"), &report_path, &json_path);
+    }
     let mut cmd = Command::new(bin("client-sim"));
     cmd.args(["fanout", "--url", &format!("ws://127.0.0.1:{port}/ws")])
         .args([
@@ -267,6 +302,61 @@ fn run_inner(o: &Opts, root: &Path) -> Result<bool, String> {
     .map_err(|e| format!("{}: {e}", json_path.display()))?;
     println!("results: {}", json_path.display());
     Ok(ok)
+}
+
+/// `--scenario queue`: client-sim's queue over the cluster; its table is
+/// the summary.
+fn queue(
+    o: &Opts,
+    (procs, port): (usize, u16),
+    nodes: &[Node],
+    client_sim: &Path,
+    report_path: &Path,
+    json_path: &Path,
+) -> Result<bool, String> {
+    let logs = &report_path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        .join("logs");
+    let Some(node) = nodes.first() else {
+        return Err("no surge node".into());
+    };
+    let pids: Vec<String> = nodes.iter().map(|n| n.child.id().to_string()).collect();
+    let mut cmd = Command::new(client_sim);
+    cmd.args(["queue", "--url", &format!("ws://127.0.0.1:{port}/ws")])
+        .args(["--api", &node.publish])
+        .args(["--server-pid", &pids.join(",")])
+        .args(["--users", &o.conns.to_string()])
+        .args(["--procs", &procs.to_string()])
+        .args(["--src-ips", &o.src_ips])
+        .args(["--admit-per-minute", &o.admit_per_minute.to_string()])
+        .args(["--opens-in", &o.opens_in.to_string()])
+        .arg("--json")
+        .arg(report_path)
+        .stdout(cluster::log_file(logs, "client-sim.txt")?)
+        .stderr(cluster::log_file(logs, "client-sim.log")?);
+    let mut sim = cluster::spawn(&mut cmd)?;
+    let status = sim.wait().map_err(|e| format!("client-sim: {e}"))?;
+    let table = std::fs::read_to_string(logs.join("client-sim.txt")).unwrap_or_default();
+    let text = std::fs::read_to_string(report_path).map_err(|e| {
+        format!(
+            "client-sim ({status}) wrote no report: {e} (see {}/client-sim.log)",
+            logs.display()
+        )
+    })?;
+    let report: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    println!("queue over {procs} surge node(s) and {procs} client-sim process(es)\n{table}");
+    let results = json!({
+        "scenario": "queue", "users": o.conns, "nodes": procs, "client_processes": procs,
+        "src_ips": o.src_ips, "ok": status.success(), "table": table, "client_sim": report,
+    });
+    std::fs::write(
+        json_path,
+        serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("{}: {e}", json_path.display()))?;
+    println!("results: {}", json_path.display());
+    Ok(status.success())
 }
 
 /// Checks the kernel for `conns` as server and load generator (this box is

@@ -8,9 +8,14 @@
 //!
 //! Each browser is a tokio task with a tokio-tungstenite client: a client
 //! we did not write, like the tests'. One process holds up to ~19,000 (the
-//! machine's file limit); a room is in one Surge process, so this does not
-//! spread over several.
+//! machine's file limit): with `--procs N` the room is created here and N
+//! child processes of this program share the browsers (and `--src-ips`,
+//! for ephemeral ports), each writing what its browsers saw to a file this
+//! one merges into one report. Several Surge nodes sharing the room
+//! through Redis (`benches million --scenario queue`) then hold them.
 
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,10 +63,30 @@ pub struct QueueArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Processes to spread the browsers over (each holds at most ~19,000).
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+    /// Source addresses for the browsers' connections (as for the other
+    /// scenarios: a range, a list or a CIDR block), split over the processes.
+    #[arg(long)]
+    pub src_ips: Option<String>,
+    /// Server processes whose resident memory gives the bytes per waiting
+    /// connection (comma-separated); without it, `--admin`'s metrics.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Internal: run as one of `--procs` children, joining at this opening
+    /// (Unix seconds) and writing what the browsers saw to `--child-out`.
+    #[arg(long, hide = true)]
+    pub child_opens_at: Option<u64>,
+    #[arg(long, hide = true)]
+    pub child_out: Option<PathBuf>,
+    /// Internal: the first browser's number in the whole run.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub child_first: usize,
 }
 
-/// What one browser saw.
-#[derive(Debug, Default)]
+/// What one browser saw (written by child processes, read by the parent).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Seen {
     ticket: String,
     seq: Option<u64>,
@@ -69,8 +94,9 @@ struct Seen {
     queued_messages: u64,
     position_rises: u64,
     lost_on_rejoin: bool,
-    waited: Duration,
-    admitted_at: Option<Instant>,
+    waited_s: f64,
+    /// Unix seconds, so processes' admissions share one clock.
+    admitted_at: Option<f64>,
     error: Option<String>,
 }
 
@@ -136,9 +162,13 @@ impl QueueReport {
 }
 
 fn unix_now() -> u64 {
+    unix_now_f64() as u64
+}
+
+fn unix_now_f64() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn http(args: &QueueArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
@@ -158,8 +188,18 @@ fn http(args: &QueueArgs, method: &str, path: &str, body: Option<Value>) -> Resu
     serde_json::from_str(&text).map_err(|e| format!("{method} {url}: {e}"))
 }
 
-/// The server's resident memory, from its admin metrics.
-fn server_rss(admin: &str) -> Option<u64> {
+/// The servers' resident memory: of `--server-pid`s, else from the admin
+/// metrics.
+fn server_rss(args: &QueueArgs) -> Option<u64> {
+    if !args.server_pid.is_empty() {
+        let rss = args
+            .server_pid
+            .iter()
+            .map(|pid| crate::sys::process_usage(*pid).map(|(rss, _)| rss))
+            .sum::<Option<u64>>();
+        return rss;
+    }
+    let admin = &args.admin;
     let text = ureq::get(&format!("{admin}/metrics"))
         .timeout(Duration::from_secs(10))
         .call()
@@ -180,11 +220,122 @@ pub fn run(args: &QueueArgs) -> Result<QueueReport, String> {
 }
 
 async fn run_async(args: &QueueArgs) -> Result<QueueReport, String> {
-    let rss_before = server_rss(&args.admin);
+    if let (Some(opens_at), Some(out)) = (args.child_opens_at, &args.child_out) {
+        let seen = browsers(args, opens_at).await?;
+        let text = serde_json::to_string(&seen).map_err(|e| e.to_string())?;
+        std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;
+        return Ok(report(args, &seen, None));
+    }
+    let rss_before = server_rss(args);
     let opens_at = unix_now() + args.opens_in;
     let path = format!("/api/rooms/{}", args.room);
     let settings = json!({"admit_per_minute": args.admit_per_minute, "opens_at": opens_at});
     http(args, "PUT", &path, Some(settings))?;
+    let children = if args.procs > 1 {
+        spawn_children(args, opens_at)?
+    } else {
+        Vec::new()
+    };
+    let local = if children.is_empty() {
+        Some(tokio::spawn(browsers_owned(args.clone(), opens_at)))
+    } else {
+        None
+    };
+    // Peak: everyone in line (or admitted) once the last has joined.
+    let mut rss_peak = None;
+    loop {
+        let view = http(args, "GET", &path, None)?;
+        if view["waiting"].as_u64().unwrap_or(0) as usize
+            + view["admitted_total"].as_u64().unwrap_or(0) as usize
+            >= args.users
+        {
+            rss_peak = server_rss(args);
+            break;
+        }
+        let done = local.as_ref().is_some_and(|t| t.is_finished());
+        if done || unix_now() > opens_at + SILENCE.as_secs() * 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut seen = match local {
+        Some(task) => task.await.map_err(|e| e.to_string())??,
+        None => Vec::new(),
+    };
+    for (mut child, out) in children {
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(&out)
+            .map_err(|e| format!("a queue process ({status}) wrote nothing: {e}"))?;
+        let part: Vec<Seen> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        seen.extend(part);
+        let _ = std::fs::remove_file(&out);
+    }
+    let _ = http(args, "DELETE", &path, None);
+    let bytes = match (rss_before, rss_peak) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / args.users as f64),
+        _ => None,
+    };
+    Ok(report(args, &seen, bytes))
+}
+
+/// Starts `--procs` copies of this program, each with its share of the
+/// browsers and of the source addresses.
+fn spawn_children(
+    args: &QueueArgs,
+    opens_at: u64,
+) -> Result<Vec<(std::process::Child, PathBuf)>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let ips = match &args.src_ips {
+        Some(spec) => crate::srcips::parse(spec)?,
+        None => Vec::new(),
+    };
+    let mut children = Vec::with_capacity(args.procs);
+    let mut first = 0;
+    for i in 0..args.procs {
+        let users = args.users / args.procs + usize::from(i < args.users % args.procs);
+        let out = std::env::temp_dir().join(format!("client-sim-queue-{}-{i}.json", std::process::id()));
+        let mine: Vec<String> = ips
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| ips.len() < args.procs || j % args.procs == i)
+            .map(|(_, ip)| ip.to_string())
+            .collect();
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("queue")
+            .args(["--url", &args.url, "--api", &args.api, "--room", &args.room])
+            .args(["--users", &users.to_string()])
+            .args(["--pre-queue", &args.pre_queue.to_string()])
+            .args(["--rejoin", &args.rejoin.to_string()])
+            .args(["--admit-per-minute", &args.admit_per_minute.to_string()])
+            .args(["--child-opens-at", &opens_at.to_string()])
+            .args(["--child-first", &first.to_string()])
+            .arg("--child-out")
+            .arg(&out)
+            .stdout(std::process::Stdio::null());
+        if !mine.is_empty() {
+            cmd.args(["--src-ips", &mine.join(",")]);
+        }
+        first += users;
+        let child = cmd.spawn().map_err(|e| format!("cannot start a queue process: {e}"))?;
+        children.push((child, out));
+    }
+    Ok(children)
+}
+
+async fn browsers_owned(args: QueueArgs, opens_at: u64) -> Result<Vec<Seen>, String> {
+    browsers(&args, opens_at).await
+}
+
+/// Runs this process's browsers: the first `--pre-queue` share joins before
+/// the opening, the rest after it.
+async fn browsers(args: &QueueArgs, opens_at: u64) -> Result<Vec<Seen>, String> {
+    let ips = match &args.src_ips {
+        Some(spec) => crate::srcips::parse(spec)?,
+        None => Vec::new(),
+    };
     let early = ((args.users as f64) * args.pre_queue) as usize;
     let rejoin_every = if args.rejoin > 0.0 {
         (1.0 / args.rejoin).round() as usize
@@ -199,31 +350,17 @@ async fn run_async(args: &QueueArgs) -> Result<QueueReport, String> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        let n = args.child_first + i;
+        let src = (!ips.is_empty()).then(|| ips[n % ips.len()]);
         let (url, room, gate) = (args.url.clone(), args.room.clone(), gate.clone());
-        let rejoins = i % rejoin_every == rejoin_every / 2;
-        tasks.push(tokio::spawn(browser(url, room, gate, rejoins)));
+        let rejoins = n % rejoin_every == rejoin_every / 2;
+        tasks.push(tokio::spawn(browser(url, room, gate, rejoins, src)));
     }
-    // Peak: everyone in line (or admitted) once the last has joined.
-    let mut rss_peak = None;
     let mut seen = Vec::with_capacity(tasks.len());
     for t in tasks {
-        if rss_peak.is_none() {
-            let view = http(args, "GET", &path, None)?;
-            if view["waiting"].as_u64().unwrap_or(0) as usize
-                + view["admitted_total"].as_u64().unwrap_or(0) as usize
-                >= args.users
-            {
-                rss_peak = server_rss(&args.admin);
-            }
-        }
         seen.push(t.await.map_err(|e| e.to_string())?);
     }
-    let _ = http(args, "DELETE", &path, None);
-    let bytes = match (rss_before, rss_peak) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / args.users as f64),
-        _ => None,
-    };
-    Ok(report(args, &seen, bytes))
+    Ok(seen)
 }
 
 fn report(args: &QueueArgs, seen: &[Seen], bytes: Option<f64>) -> QueueReport {
@@ -255,14 +392,16 @@ fn report(args: &QueueArgs, seen: &[Seen], bytes: Option<f64>) -> QueueReport {
             .iter()
             .map(|s| u64::from(s.admissions.saturating_sub(1)))
             .sum::<u64>();
-    let times: Vec<Instant> = admitted.iter().filter_map(|s| s.admitted_at).collect();
-    let achieved = match (times.iter().min(), times.iter().max()) {
-        (Some(a), Some(b)) if b > a => (times.len() - 1) as f64 / (*b - *a).as_secs_f64() * 60.0,
+    let times: Vec<f64> = admitted.iter().filter_map(|s| s.admitted_at).collect();
+    let first = times.iter().copied().reduce(f64::min);
+    let last = times.iter().copied().reduce(f64::max);
+    let achieved = match (first, last) {
+        (Some(a), Some(b)) if b > a => (times.len() - 1) as f64 / (b - a) * 60.0,
         _ => 0.0,
     };
-    let waiting_minutes: f64 = seen.iter().map(|s| s.waited.as_secs_f64() / 60.0).sum();
+    let waiting_minutes: f64 = seen.iter().map(|s| s.waited_s / 60.0).sum();
     let messages: u64 = seen.iter().map(|s| s.queued_messages).sum();
-    let mut waits: Vec<f64> = admitted.iter().map(|s| s.waited.as_secs_f64()).collect();
+    let mut waits: Vec<f64> = admitted.iter().map(|s| s.waited_s).collect();
     waits.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         waits
@@ -299,13 +438,39 @@ fn report(args: &QueueArgs, seen: &[Seen], bytes: Option<f64>) -> QueueReport {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn open(url: &str, gate: &Semaphore) -> Result<Ws, String> {
+async fn open(url: &str, gate: &Semaphore, src: Option<Ipv4Addr>) -> Result<Ws, String> {
     let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
-    let (ws, _) = tokio::time::timeout(SILENCE, tokio_tungstenite::connect_async(url))
+    let connect = async {
+        let Some(src) = src else {
+            return tokio_tungstenite::connect_async(url)
+                .await
+                .map(|(ws, _)| ws)
+                .map_err(|e| format!("connect: {e}"));
+        };
+        // From a chosen loopback address: each gives another range of
+        // ephemeral ports towards the one server port.
+        let to: SocketAddr = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|host| host.parse().ok())
+            .ok_or_else(|| format!("--src-ips needs a ws://IP:PORT/ url, not {url}"))?;
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        socket
+            .bind(SocketAddr::new(src.into(), 0))
+            .map_err(|e| format!("bind {src}: {e}"))?;
+        let stream = socket
+            .connect(to)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+        tokio_tungstenite::client_async(url, stream)
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| format!("handshake: {e}"))
+    };
+    tokio::time::timeout(SILENCE, connect)
         .await
         .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
-    Ok(ws)
 }
 
 async fn next(ws: &mut Ws) -> Result<Value, String> {
@@ -333,9 +498,15 @@ async fn join(ws: &mut Ws, room: &str, ticket: Option<&str>) -> Result<(), Strin
 
 /// One browser: joins, waits (dropping and rejoining once if `rejoins`),
 /// until admitted.
-async fn browser(url: String, room: String, gate: Arc<Semaphore>, rejoins: bool) -> Seen {
+async fn browser(
+    url: String,
+    room: String,
+    gate: Arc<Semaphore>,
+    rejoins: bool,
+    src: Option<Ipv4Addr>,
+) -> Seen {
     let mut seen = Seen::default();
-    if let Err(e) = wait(&url, &room, &gate, rejoins, &mut seen).await {
+    if let Err(e) = wait(&url, &room, &gate, rejoins, src, &mut seen).await {
         seen.error = Some(e);
     }
     seen
@@ -346,9 +517,10 @@ async fn wait(
     room: &str,
     gate: &Semaphore,
     rejoins: bool,
+    src: Option<Ipv4Addr>,
     seen: &mut Seen,
 ) -> Result<(), String> {
-    let mut ws = open(url, gate).await?;
+    let mut ws = open(url, gate, src).await?;
     let started = Instant::now();
     join(&mut ws, room, None).await?;
     let mut last_position = u64::MAX;
@@ -371,15 +543,15 @@ async fn wait(
                 if to_rejoin && v["ticket"].is_null() {
                     to_rejoin = false;
                     drop(ws);
-                    ws = open(url, gate).await?;
+                    ws = open(url, gate, src).await?;
                     join(&mut ws, room, Some(&seen.ticket.clone())).await?;
                 }
             }
             Some("admitted") => {
                 seen.admissions += 1;
                 seen.seq = v["seq"].as_u64();
-                seen.waited = started.elapsed();
-                seen.admitted_at = Some(Instant::now());
+                seen.waited_s = started.elapsed().as_secs_f64();
+                seen.admitted_at = Some(unix_now_f64());
                 // Anything more (a second admission) would show in the
                 // next quarter second.
                 if let Ok(Ok(Some(Ok(Message::Text(t))))) =
