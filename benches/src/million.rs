@@ -243,7 +243,14 @@ fn run_inner(o: &Opts, root: &Path) -> Result<bool, String> {
     let _ = std::fs::remove_file(&report_path);
     let join = |v: Vec<String>| v.join(",");
     if o.scenario == ScenarioKind::Queue {
-        return queue(o, (procs, port), &nodes, &bin("client-sim"), &report_path, &json_path);
+        return queue(
+            o,
+            (procs, port),
+            &nodes,
+            &bin("client-sim"),
+            &report_path,
+            &json_path,
+        );
     }
     let mut cmd = Command::new(bin("client-sim"));
     cmd.args(["fanout", "--url", &format!("ws://127.0.0.1:{port}/ws")])

@@ -296,7 +296,8 @@ fn spawn_children(
     let mut first = 0;
     for i in 0..args.procs {
         let users = args.users / args.procs + usize::from(i < args.users % args.procs);
-        let out = std::env::temp_dir().join(format!("client-sim-queue-{}-{i}.json", std::process::id()));
+        let out =
+            std::env::temp_dir().join(format!("client-sim-queue-{}-{i}.json", std::process::id()));
         let mine: Vec<String> = ips
             .iter()
             .enumerate()
@@ -319,7 +320,9 @@ fn spawn_children(
             cmd.args(["--src-ips", &mine.join(",")]);
         }
         first += users;
-        let child = cmd.spawn().map_err(|e| format!("cannot start a queue process: {e}"))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start a queue process: {e}"))?;
         children.push((child, out));
     }
     Ok(children)

@@ -346,3 +346,125 @@ impl Mirror {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> TokenKey {
+        TokenKey::new(b"a secret of sixteen or more").unwrap()
+    }
+
+    fn holder(token: u32) -> Holder {
+        Holder {
+            worker: 0,
+            gen: 0,
+            token,
+        }
+    }
+
+    fn open_room() -> Mirror {
+        let figures = Figures {
+            epoch: 7,
+            opened: true,
+            admit_per_minute: 60,
+            admission_ttl: 600,
+            ..Figures::default()
+        };
+        Mirror::new("sale".into(), figures)
+    }
+
+    fn tick(m: &Mirror, front: u64, gone: Vec<u64>, log: Vec<Admitted>) -> Tick {
+        Tick {
+            figures: m.figures.clone(),
+            front: Some(front),
+            next_place: 100,
+            log_base: m.seen.unwrap_or(0),
+            log,
+            mapped: Vec::new(),
+            gone: Some(gone),
+        }
+    }
+
+    fn positions(out: &[Push]) -> Vec<(u32, u64)> {
+        out.iter()
+            .map(|p| {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                (p.holder.token, v["position"].as_u64().unwrap_or(0))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn positions_count_from_the_front_less_lost_places_and_only_fall() {
+        let mut m = open_room();
+        let t0 = 1_000_000;
+        for (token, place) in [(1, 11), (2, 13), (3, 16)] {
+            m.hold(Spot::Line(place), holder(token), Some(50), t0 as u32);
+        }
+        let mut out = Vec::new();
+        let now = (t0 + 10) * 1000;
+        m.apply(
+            &key(),
+            tick(&m, 10, vec![12, 15], vec![]),
+            &[],
+            now,
+            &mut out,
+            &mut Vec::new(),
+        );
+        assert_eq!(positions(&out), [(1, 2), (2, 3), (3, 5)]);
+        // A later count that (racing a rejoin) says more is never pushed.
+        let mut out = Vec::new();
+        let later = now + 10_000;
+        m.apply(
+            &key(),
+            tick(&m, 5, vec![], vec![]),
+            &[],
+            later,
+            &mut out,
+            &mut Vec::new(),
+        );
+        assert!(out.is_empty(), "{:?}", positions(&out));
+    }
+
+    #[test]
+    fn an_admission_read_before_its_join_registered_is_handed_over() {
+        let mut m = open_room();
+        let admitted = Admitted {
+            place: 42,
+            seq: 1,
+            expires: 99,
+            at_s: 5,
+            waited_s: 3,
+        };
+        let mut out = Vec::new();
+        m.apply(
+            &key(),
+            tick(&m, 43, vec![], vec![admitted]),
+            &[],
+            5_000,
+            &mut out,
+            &mut Vec::new(),
+        );
+        assert!(out.is_empty());
+        assert_eq!(m.seen, Some(1));
+        assert_eq!(m.hold(Spot::Line(42), holder(9), Some(1), 5), Some((1, 99)));
+        // A browser holding its place when the admission is read gets it.
+        m.hold(Spot::Line(43), holder(8), Some(1), 5);
+        let next = Admitted {
+            place: 43,
+            seq: 2,
+            ..admitted
+        };
+        m.apply(
+            &key(),
+            tick(&m, 44, vec![], vec![next]),
+            &[],
+            6_000,
+            &mut out,
+            &mut Vec::new(),
+        );
+        assert_eq!(out.len(), 1);
+        assert!(out[0].done && out[0].holder == holder(8));
+    }
+}

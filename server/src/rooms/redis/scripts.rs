@@ -258,7 +258,9 @@ end
 if opened then
   local credit = tonumber(c[6] or '0')
   local last = tonumber(c[7] or now)
-  if now > last then credit = credit + apm * (now - last) / 60000 end
+  -- A gap of more than a second means nobody could tick (Redis or every
+  -- node was down): what was not admitted then is not made up in a burst.
+  if now > last then credit = credit + apm * math.min(now - last, 1000) / 60000 end
   local outstanding = redis.call('ZCARD', OUT)
   local made = 0
   while credit >= 1 and made < cap do
