@@ -359,3 +359,63 @@ async fn a_join_while_redis_is_down_gets_an_error_frame_and_works_once_it_is_bac
     }
     a.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_keeps_its_place_on_another_node_until_the_grace_period_ends() {
+    let redis = Redis::start(false);
+    let grace = ["--room-grace", "1s"];
+    let with_grace = |r: &Redis| {
+        let url = r.url();
+        let mut args = vec!["--redis", &url, "--token-secret", SECRET, "--api-key", KEY];
+        args.extend_from_slice(&grace);
+        start(&args)
+    };
+    let (a, b) = (with_grace(&redis), with_grace(&redis));
+    let (status, _) = api(
+        &a,
+        "PUT",
+        "/api/rooms/clinic",
+        Some(json!({"admit_per_minute": 0})),
+    );
+    assert_eq!(status, 201);
+    let mut line = Vec::new();
+    let mut tickets = Vec::new();
+    for i in 0..5u64 {
+        let mut ws = ws_to(a.public_addr).await;
+        let q = join(&mut ws, "clinic", None).await;
+        assert_eq!(q["position"], i + 1, "{q}");
+        tickets.push(q["ticket"].as_str().expect("ticket").to_string());
+        line.push(ws);
+    }
+    // Number 3 reloads onto the other node and keeps its place.
+    drop(line.remove(2));
+    let mut back = ws_to(b.public_addr).await;
+    let q = join(&mut back, "clinic", Some(&tickets[2])).await;
+    assert_eq!(
+        (q["op"].as_str(), q["position"].as_u64()),
+        (Some("queued"), Some(3)),
+        "{q}"
+    );
+    // Number 4 goes and stays away past the grace period: its place is
+    // gone on every node, and number 5 moves up.
+    drop(line.remove(2));
+    until("the place to be lost", || {
+        room(&b, "clinic")["waiting"] == 4
+    })
+    .await;
+    let mut late = ws_to(b.public_addr).await;
+    let e = join(&mut late, "clinic", Some(&tickets[3])).await;
+    assert_eq!(e["code"], "ticket_expired", "{e}");
+    let fifth = next_json(&mut line[2]).await;
+    assert_eq!(
+        (fifth["op"].as_str(), fifth["position"].as_u64()),
+        (Some("queued"), Some(4)),
+        "{fifth}"
+    );
+    // Both nodes' metrics show the whole room.
+    for n in [&a, &b] {
+        assert_eq!(metric(n, "surge_room_waiting{room=\"clinic\"}"), 4);
+    }
+    a.shutdown();
+    b.shutdown();
+}

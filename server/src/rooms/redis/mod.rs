@@ -56,6 +56,10 @@ const WARN_EVERY_S: u64 = 10;
 struct State {
     rooms: HashMap<Arc<str>, Mirror>,
     holders: HashMap<Holder, (Arc<str>, Spot)>,
+    /// Connections whose join Redis has not answered yet; `true` once the
+    /// connection closed meanwhile, so the answer marks the place away
+    /// instead of holding it for a connection that is gone.
+    pending: HashMap<Holder, bool>,
     /// Room names in Redis, from the last listing.
     names: Vec<Arc<str>>,
     last_pass_s: u64,
@@ -131,6 +135,7 @@ impl RedisRooms {
         {
             let mut state = self.lock();
             let state = &mut *state;
+            state.pending.insert(holder, false);
             if let (None, Some((name, spot))) = (asked, state.holders.get(&holder)) {
                 if name.as_ref() == room {
                     asked = state.rooms.get(room).map(|m| (m.figures.epoch, *spot));
@@ -168,7 +173,7 @@ impl RedisRooms {
 
     /// Redis answered a join.
     fn joined(
-        &self,
+        self: &Arc<Self>,
         room: &str,
         sent: Option<&str>,
         holder: Holder,
@@ -176,6 +181,7 @@ impl RedisRooms {
     ) {
         let now = crate::rooms::now_ms();
         let _delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        let closed = self.lock().pending.remove(&holder) == Some(true);
         let mut pushes = Vec::new();
         let reply = |payload| Push {
             holder,
@@ -219,6 +225,19 @@ impl RedisRooms {
             ..Figures::default()
         };
         let epoch = figures_hint.epoch;
+        if closed {
+            // The browser left before Redis answered: its place starts the
+            // grace period now, as for any departure.
+            let spot = match text(0) {
+                "pre" => Some(Spot::Pre(number(5))),
+                "line" => Some(Spot::Line(number(5))),
+                _ => None,
+            };
+            if let Some(spot) = spot {
+                self.spawn_leave(room, spot, holder);
+            }
+            return;
+        }
         let mut guard = self.lock();
         let state = &mut *guard;
         let name: Arc<str> = Arc::from(room);
@@ -328,6 +347,9 @@ impl RedisRooms {
         let left = {
             let mut state = self.lock();
             let state = &mut *state;
+            if let Some(closed) = state.pending.get_mut(&holder) {
+                *closed = true;
+            }
             let left = state.holders.remove(&holder);
             if let Some((name, spot)) = &left {
                 if let Some(m) = state.rooms.get_mut(name) {
