@@ -8,9 +8,11 @@
 //! - `messages`: the frames browsers receive.
 //! - `session`: the worker's side (a join command, a disconnect, pushes).
 //! - `ticker`: the thread that makes time pass for every room.
+//! - `redis`: with `--redis`, the same rooms kept in Redis and shared by
+//!   every node (its own design note); `Rooms` hands every call to it then.
 //!
-//! Design, and why messages stay bounded at 500,000 waiting: the rooms live
-//! here, once per process, behind one lock, and hold each waiting person as
+//! Design (in-process), and why messages stay bounded at 500,000 waiting:
+//! the rooms live here, once per process, behind one lock, and hold each waiting person as
 //! a 48-byte entry kept in place order, with the (worker, slab token) of the
 //! connection to push to. Nothing is added to the 48-byte `Conn`: a flag bit
 //! in its existing `flags` byte says "tell the rooms when I close". One

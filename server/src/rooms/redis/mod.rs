@@ -7,6 +7,11 @@
 //! however many nodes tick, and returns the admissions made since this
 //! node last looked, which it pushes to its own browsers.
 //!
+//! Files: `scripts.rs` (the Lua and the key layout), `link.rs` (calling
+//! them), `mirror.rs` (one room as this node sees it: its browsers,
+//! positions, admissions to push), `tick.rs` (time passing), `backend.rs`
+//! (the booking backend's calls); this file: browsers joining and leaving.
+//!
 //! The seam: `rooms::Rooms` hands every call here when it was built with a
 //! Redis link; the in-process rooms are untouched. Workers never wait on
 //! Redis: a join is answered through the worker's inbox when Redis has
@@ -20,11 +25,13 @@
 //!
 //! Must not: block a worker, or keep anything per connection in `core`.
 
+mod backend;
 mod link;
 pub mod mirror;
 mod scripts;
+mod tick;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -32,11 +39,11 @@ use crate::channels::protocol::ErrorCode;
 use crate::channels::token::TokenKey;
 use crate::engine::log::random_u64;
 use crate::engine::redis::RedisLink;
-use crate::rooms::room::{Holder, Push, Settings, View, IDLE_CREDIT};
+use crate::rooms::room::{Holder, Push};
 use crate::rooms::ticket::{self, Admission, Spot, TicketError};
-use crate::rooms::{messages, Defaults, RoomError, Verdict, MAX_ROOMS};
+use crate::rooms::{messages, Defaults};
 use link::{Link, LinkError, Reply};
-use mirror::{Admitted, Figures, Mirror, Tick};
+use mirror::{Figures, Mirror};
 pub use scripts::LOG_KEEP;
 
 /// Admissions one tick makes (and log entries it reads) at most: a node
@@ -362,306 +369,4 @@ impl RedisRooms {
             self.spawn_leave(&name, spot, holder);
         }
     }
-
-    /// Time passes: every room known in Redis or here is ticked, once per
-    /// call; positions are counted at most once a second.
-    pub fn tick(self: &Arc<Self>, now: u64) {
-        let s = now / 1000;
-        let (rooms, pass) = {
-            let mut state = self.lock();
-            let pass = s != state.last_pass_s;
-            state.last_pass_s = s;
-            let mut rooms: HashSet<Arc<str>> = state.names.iter().cloned().collect();
-            rooms.extend(state.rooms.keys().cloned());
-            let asks: Vec<(Arc<str>, i64, Vec<u64>)> = rooms
-                .into_iter()
-                .map(|name| match state.rooms.get(&name) {
-                    Some(m) => {
-                        let asked = if m.figures.opened {
-                            m.unmapped(MAP_CAP)
-                        } else {
-                            Vec::new()
-                        };
-                        let seen = m.seen.map_or(-1, |v| v as i64);
-                        (name, seen, asked)
-                    }
-                    None => (name, -1, Vec::new()),
-                })
-                .collect();
-            (asks, pass)
-        };
-        let listing = pass;
-        let grace_ms = u64::from(self.defaults.grace_s) * 1000;
-        let this = self.clone();
-        let answers = self.link.wait(async move {
-            let mut out = Vec::with_capacity(rooms.len());
-            for (name, seen, asked) in rooms {
-                let mut args = vec![
-                    seen.to_string(),
-                    grace_ms.to_string(),
-                    if pass { "1" } else { "0" }.to_string(),
-                    TICK_CAP.to_string(),
-                    IDLE_CREDIT.to_string(),
-                    LOG_KEEP.to_string(),
-                ];
-                args.extend(asked.iter().map(u64::to_string));
-                let answer = this.link.call(|s| &s.tick, &name, &args).await?;
-                out.push((name, asked, answer));
-            }
-            let names = if listing {
-                Some(this.link.room_names().await?)
-            } else {
-                None
-            };
-            Ok((out, names))
-        });
-        let (answers, names) = match answers {
-            Ok(a) => a,
-            Err(e) => {
-                self.warn("a tick", &e);
-                return;
-            }
-        };
-        let _delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
-        let mut pushes = Vec::new();
-        {
-            let mut state = self.lock();
-            let state = &mut *state;
-            if let Some(names) = names {
-                state.names = names.iter().map(|n| Arc::from(n.as_str())).collect();
-            }
-            for (name, asked, answer) in answers {
-                self.apply(state, name, &asked, answer, (now, pass), &mut pushes);
-            }
-            for push in pushes.iter().filter(|p| p.done) {
-                state.holders.remove(&push.holder);
-            }
-        }
-        (self.deliver)(pushes);
-    }
-
-    fn apply(
-        &self,
-        state: &mut State,
-        name: Arc<str>,
-        asked: &[u64],
-        answer: Reply,
-        (now, pass): (u64, bool),
-        pushes: &mut Vec<Push>,
-    ) {
-        let items = answer.items();
-        let text = |i: usize| items.get(i).map_or("", Reply::text);
-        if text(0) != "ok" {
-            // Deleted: everyone waiting here is told, with the reason.
-            if let Some(m) = state.rooms.remove(&name) {
-                let reason = match text(1) {
-                    "" => "the room was closed",
-                    r => r,
-                };
-                pushes.extend(m.close(reason));
-            }
-            state.names.retain(|n| *n != name);
-            return;
-        }
-        let Some(mut tick) = parse_tick(items) else {
-            tracing::warn!(room = %name, "an unreadable tick answer from Redis");
-            return;
-        };
-        if !pass {
-            tick.gone = None;
-        }
-        if state
-            .rooms
-            .get(&name)
-            .is_some_and(|m| m.figures.epoch != tick.figures.epoch)
-        {
-            if let Some(old) = state.rooms.remove(&name) {
-                pushes.extend(old.close("the room was closed"));
-            }
-        }
-        let mirror = state
-            .rooms
-            .entry(name.clone())
-            .or_insert_with(|| Mirror::new(name.clone(), tick.figures.clone()));
-        let mut moved = Vec::new();
-        mirror.apply(&self.key, tick, asked, now, pushes, &mut moved);
-        for (holder, spot) in moved {
-            state.holders.insert(holder, (name.clone(), spot));
-        }
-    }
-
-    /// `PUT /api/rooms/NAME`.
-    pub fn put(&self, name: &str, settings: Settings) -> Result<bool, RoomError> {
-        let opt = |v: Option<String>| v.unwrap_or_default();
-        let args = vec![
-            settings.admit_per_minute.to_string(),
-            opt(settings.opens_at.map(|v| v.to_string())),
-            opt(settings.max_admitted.map(|v| v.to_string())),
-            settings.admission_ttl.to_string(),
-            format!("{:x}", random_u64()),
-            (random_u64() % 2_147_483_646 + 1).to_string(),
-            MAX_ROOMS.to_string(),
-            name.to_string(),
-            IDLE_CREDIT.to_string(),
-        ];
-        let answer = self.call(|s| &s.put, name, args)?;
-        match answer.items().first().map(Reply::text) {
-            Some("created") => Ok(true),
-            Some("updated") => Ok(false),
-            Some("too_many") => Err(RoomError::TooMany),
-            _ => Err(RoomError::Unavailable(
-                "unexpected answer from Redis".into(),
-            )),
-        }
-    }
-
-    fn call(&self, which: link::Which, room: &str, args: Vec<String>) -> Result<Reply, RoomError> {
-        let link = self.link.clone();
-        let room = room.to_string();
-        self.link
-            .wait(async move { link.call(which, &room, &args).await })
-            .map_err(|e| RoomError::Unavailable(e.to_string()))
-    }
-
-    /// `GET /api/rooms/NAME`: the figures from Redis, the measured rate and
-    /// waits from this node's reading of the admission log.
-    pub fn view(&self, name: &str, now: u64) -> Result<View, RoomError> {
-        let answer = self.call(|s| &s.view, name, Vec::new())?;
-        let items = answer.items();
-        if items.is_empty() {
-            return Err(RoomError::Unknown(name.to_string()));
-        }
-        let text = |i: usize| items.get(i).map_or("", Reply::text);
-        let figures = Figures {
-            epoch: u64::from_str_radix(text(0), 16).unwrap_or(0),
-            opened: text(1) == "1",
-            admit_per_minute: text(2).parse().unwrap_or(0),
-            opens_at: text(3).parse().ok(),
-            max_admitted: text(4).parse().ok(),
-            admission_ttl: text(5).parse().unwrap_or(0),
-            admitted_total: text(6).parse().unwrap_or(0),
-            waiting: text(7).parse().unwrap_or(0),
-            outstanding: text(8).parse().unwrap_or(0),
-        };
-        let state = self.lock();
-        let mut view = Mirror::new(Arc::from(name), figures.clone()).view(now);
-        if let Some(m) = state
-            .rooms
-            .get(name)
-            .filter(|m| m.figures.epoch == figures.epoch)
-        {
-            let local = m.view(now);
-            view.median_wait_s = local.median_wait_s;
-            view.measured_per_minute = local.measured_per_minute;
-        }
-        Ok(view)
-    }
-
-    /// `DELETE /api/rooms/NAME`: this node tells its browsers at once, the
-    /// others at their next tick.
-    pub fn close(&self, name: &str, reason: &str) -> Result<(), RoomError> {
-        let args = vec![
-            reason.to_string(),
-            name.to_string(),
-            CLOSED_KEEP_S.to_string(),
-        ];
-        let answer = self.call(|s| &s.close, name, args)?;
-        if answer.items().first().map(Reply::text) != Some("closed") {
-            return Err(RoomError::Unknown(name.to_string()));
-        }
-        let _delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
-        let pushes = {
-            let mut state = self.lock();
-            state.names.retain(|n| n.as_ref() != name);
-            state.holders.retain(|_, (room, _)| room.as_ref() != name);
-            state
-                .rooms
-                .remove(name)
-                .map(|m| m.close(reason))
-                .unwrap_or_default()
-        };
-        (self.deliver)(pushes);
-        Ok(())
-    }
-
-    /// `POST /api/rooms/NAME/verify`: the signature here, the generation
-    /// from Redis.
-    pub fn verify(&self, name: &str, token: &str, now: u64) -> Result<Verdict, RoomError> {
-        let view = self.call(|s| &s.view, name, Vec::new())?;
-        let Some(epoch) = view.items().first().map(Reply::text) else {
-            return Err(RoomError::Unknown(name.to_string()));
-        };
-        let epoch = u64::from_str_radix(epoch, 16).unwrap_or(0);
-        Ok(
-            match ticket::read_admission(&self.key, token, name, now / 1000) {
-                Ok(a) if a.epoch == epoch => Verdict::Valid {
-                    place: a.place,
-                    expires: a.expires,
-                },
-                Ok(_) => Verdict::Invalid(TicketError::OtherRoom),
-                Err(e) => Verdict::Invalid(e),
-            },
-        )
-    }
-
-    /// Every room this node mirrors, for /metrics.
-    pub fn with_mirrors<T>(&self, f: impl FnOnce(&[&Mirror]) -> T) -> T {
-        let state = self.lock();
-        let mut rooms: Vec<&Mirror> = state.rooms.values().collect();
-        rooms.sort_by(|a, b| a.name.cmp(&b.name));
-        f(&rooms)
-    }
-}
-
-/// Reads a tick script's `ok` answer.
-fn parse_tick(items: &[Reply]) -> Option<Tick> {
-    let text = |i: usize| items.get(i).map_or("", Reply::text);
-    let number = |i: usize| text(i).parse::<u64>().ok();
-    let figures = Figures {
-        epoch: u64::from_str_radix(text(1), 16).ok()?,
-        opened: text(2) == "1",
-        admit_per_minute: text(3).parse().ok()?,
-        opens_at: number(4),
-        max_admitted: text(5).parse().ok(),
-        admission_ttl: number(6)?,
-        admitted_total: number(7)?,
-        waiting: number(8)?,
-        outstanding: number(9)?,
-    };
-    let log = items
-        .get(13)?
-        .items()
-        .iter()
-        .filter_map(|e| {
-            let mut f = e.text().split(' ').map(|v| v.parse::<u64>().ok());
-            Some(Admitted {
-                place: f.next()??,
-                seq: f.next()??,
-                expires: f.next()??,
-                at_s: f.next()??,
-                waited_s: u32::try_from(f.next()??).unwrap_or(u32::MAX),
-            })
-        })
-        .collect();
-    let mapped = items
-        .get(14)?
-        .items()
-        .iter()
-        .map(|r| r.text().parse().ok())
-        .collect();
-    let gone: Vec<u64> = items
-        .get(15)?
-        .items()
-        .iter()
-        .filter_map(|r| r.text().parse().ok())
-        .collect();
-    Some(Tick {
-        figures,
-        front: number(10),
-        next_place: number(11)?,
-        log_base: number(12)?,
-        log,
-        mapped,
-        gone: Some(gone),
-    })
 }
