@@ -255,7 +255,7 @@ async fn users_on_three_nodes_share_one_line_admitted_once_each_in_ticket_order(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_admitted_holds_across_nodes_and_delete_reaches_every_node() {
+async fn max_admitted_holds_across_nodes_and_delete_reaches_every_node_and_ends_its_admissions() {
     let redis = Redis::start(false);
     let (a, b) = (node(&redis), node(&redis));
     let settings = json!({"admit_per_minute": 60_000, "max_admitted": 4, "admission_ttl": 600});
@@ -287,20 +287,32 @@ async fn max_admitted_holds_across_nodes_and_delete_reaches_every_node() {
             "{r}"
         );
     }
-    let mut admitted = 0;
+    let mut tokens = Vec::new();
     let mut waiting = Vec::new();
     for (mut ws, q) in line {
         if q["op"] == "admitted" {
-            admitted += 1;
+            tokens.push(q["token"].as_str().expect("token").to_string());
             continue;
         }
         let next = tokio::time::timeout(Duration::from_millis(300), next_json(&mut ws)).await;
         match next {
-            Ok(v) if v["op"] == "admitted" => admitted += 1,
+            Ok(v) if v["op"] == "admitted" => {
+                tokens.push(v["token"].as_str().expect("token").to_string())
+            }
             _ => waiting.push(ws),
         }
     }
-    assert_eq!((admitted, waiting.len()), (4, 8));
+    assert_eq!((tokens.len(), waiting.len()), (4, 8));
+    let verify = |n: &Server, token: &str| {
+        api(
+            n,
+            "POST",
+            "/api/rooms/clinic/verify",
+            Some(json!({ "token": token })),
+        )
+        .1
+    };
+    assert_eq!(verify(&a, &tokens[0])["valid"], true);
 
     let body = Some(json!({"reason": "sold out"}));
     let (status, _) = api(&a, "DELETE", "/api/rooms/clinic", body);
@@ -319,6 +331,21 @@ async fn max_admitted_holds_across_nodes_and_delete_reaches_every_node() {
     }
     let mut late = ws_to(b.public_addr).await;
     assert_eq!(join(&mut late, "clinic", None).await["code"], "room_closed");
+    // The room made again under the same name is another generation: the
+    // old admissions are refused on every node.
+    let (status, _) = api(
+        &b,
+        "PUT",
+        "/api/rooms/clinic",
+        Some(json!({"admit_per_minute": 0})),
+    );
+    assert_eq!(status, 201);
+    let v = verify(&a, &tokens[0]);
+    assert_eq!(
+        (v["valid"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("for another room")),
+        "{v}"
+    );
     a.shutdown();
     b.shutdown();
 }
