@@ -21,6 +21,10 @@ cargo run --release -p benches -- all --conns 4000 --publications 5 --json targe
 # 20,000 connections over 3 Surge nodes joined through a real redis-server;
 # exits non-zero unless every connection and every delivery is there.
 cargo run --release -p benches -- million --conns 20000 --procs 3 --kernel check --json target/million/ci.json
+# The same cluster holding one waiting room in Redis (issue 12's 100,000 run
+# at a small N): exits non-zero on an order violation, a duplicate, a lost
+# ticket or a user never admitted.
+cargo run --release -p benches -- million --scenario queue --conns 3000 --procs 2 --kernel check --skip-build --admit-per-minute 60000 --opens-in 5 --json target/million/ci-queue.json
 # The other two benchmark commands at a small N, so they cannot rot: the
 # kernel-floor comparison (pinned, one run) and Redis against the in-process
 # engine (exits non-zero if either fan-out loses or duplicates a delivery).
