@@ -227,7 +227,10 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
     let mut publisher =
         Publisher::new(&common.publish, common.publish_each, common.api_key.clone())?;
     let (expect_confirms, reconnect_on_close) = match scenario {
-        Scenario::Confirm(c) => (c.rounds.max(1), c.kill_pid.is_some()),
+        Scenario::Confirm(c) => (
+            c.rounds.max(1),
+            c.kill_pid.is_some() || !c.restart_pid.is_empty(),
+        ),
         _ => (1, false),
     };
     let before = server_sample(common);
