@@ -48,7 +48,9 @@ pub struct ConfirmOpts {
     /// refused meanwhile (503, connection refused) is sent again.
     #[arg(long, value_delimiter = ',', conflicts_with = "kill_pid")]
     pub restart_pid: Vec<u32>,
-    /// Round after which the restart begins [default: half of --rounds].
+    /// Round after which the restart begins [default: half of --rounds];
+    /// it must be before the last round, which goes out once every node
+    /// is back and every browser reconnected.
     #[arg(long, requires = "restart_pid")]
     pub restart_after_round: Option<u8>,
 }
@@ -81,16 +83,33 @@ pub(crate) fn run(
     let kill_after = opts
         .kill_pid
         .map(|_| opts.kill_after_round.unwrap_or(opts.rounds.div_ceil(2)));
-    let restart_after = (!opts.restart_pid.is_empty())
-        .then(|| opts.restart_after_round.unwrap_or(opts.rounds.div_ceil(2)));
+    let restart_after =
+        (!opts.restart_pid.is_empty()).then(|| opts.restart_after_round.unwrap_or(opts.rounds / 2));
+    if restart_after.is_some_and(|after| after >= opts.rounds) {
+        return Err(format!(
+            "--restart-after-round must be before the last of --rounds {}: the last round goes out once the nodes are back",
+            opts.rounds
+        ));
+    }
     let mut outcome = Outcome {
         rounds: opts.rounds,
         ..Outcome::default()
     };
     let bound = Duration::from_secs(common.timeout);
     let until = Instant::now() + bound;
-    let mut restarting = None;
+    let mut restarting: Option<std::thread::JoinHandle<Result<Vec<Restarted>, String>>> = None;
     for round in 1..=opts.rounds {
+        if round == opts.rounds {
+            if let Some(restarting) = restarting.take() {
+                // The last round goes out once every node is back and every
+                // browser has reconnected: delivering it proves each
+                // resubscribed (recovering what it missed) and counted how.
+                outcome.restarts = restarting
+                    .join()
+                    .map_err(|_| "the restart thread panicked".to_string())??;
+                wait_for(workers, rx, until, |_, _, open| open >= connected)?;
+            }
+        }
         let ts = unix_us();
         let items: Vec<String> = (0..common.conns)
             .map(|uid| {
@@ -125,12 +144,7 @@ pub(crate) fn run(
             std::thread::sleep(Duration::from_millis(opts.round_gap_ms));
         }
     }
-    if let Some(restarting) = restarting {
-        outcome.restarts = restarting
-            .join()
-            .map_err(|_| "the restart thread panicked".to_string())??;
-    }
     let until = Instant::now() + bound;
-    wait_for(workers, rx, until, |_, complete| complete >= connected)?;
+    wait_for(workers, rx, until, |_, complete, _| complete >= connected)?;
     Ok(outcome)
 }

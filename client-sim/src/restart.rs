@@ -139,20 +139,30 @@ fn restart(pid: u32, bound: Duration) -> Result<Restarted, String> {
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&launch.cwd)
         .stdin(Stdio::null())
+        // Both through pipes, never client-sim's own stderr: a node that
+        // held that open would keep whoever reads client-sim's output (a
+        // test, a `| tee`) waiting until the node ends.
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("restarting {}: {e}", launch.exe.display()))?;
     let new_pid = child.id();
     let stdout = child.stdout.take().ok_or("restarted node's stdout")?;
+    let stderr = child.stderr.take().ok_or("restarted node's stderr")?;
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-    // The node is not ours to stop: it keeps serving after client-sim ends.
-    // This thread passes on what it prints and notices when it is ready.
+    // The node is not ours to stop: it keeps serving after client-sim ends
+    // (and its output then goes nowhere). These threads pass on what it
+    // prints meanwhile and notice when it is ready.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if line.starts_with(READY_LINE) {
                 let _ = ready_tx.try_send(());
             }
+            eprintln!("client-sim: node {new_pid}: {line}");
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("client-sim: node {new_pid}: {line}");
         }
     });
