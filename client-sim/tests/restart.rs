@@ -12,13 +12,15 @@
 //! (`cargo test --workspace` builds both); a missing or stale one fails the
 //! test with the command that builds it.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::Value;
+
+mod common;
+use common::{free_port, start_redis};
 
 const BIN: &str = env!("CARGO_BIN_EXE_client-sim");
 const SECRET: &str = "restart-test-secret-0123456789";
@@ -72,13 +74,6 @@ fn newest_mtime(dir: &Path) -> SystemTime {
     newest
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
 /// Everything this run started: killed when the test ends, however it
 /// ends, including nodes client-sim restarted (found by `MARK`).
 struct Run {
@@ -120,33 +115,6 @@ impl Drop for Run {
             // SAFETY: kill only sends a signal; the PID carries our mark.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-    }
-}
-
-/// Starts redis-server on a free port; returns its URL.
-fn start_redis(run: &mut Run) -> String {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server runs (apt install redis-server)");
-    run.children.push(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let pong = TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(1)))?;
-            s.write_all(b"PING\r\n")?;
-            let mut buf = [0u8; 5];
-            s.read_exact(&mut buf)?;
-            Ok(&buf == b"+PONG")
-        });
-        if pong.unwrap_or(false) {
-            return format!("redis://127.0.0.1:{port}/0");
-        }
-        assert!(Instant::now() < deadline, "redis-server did not answer");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -274,7 +242,7 @@ fn a_restart_with_a_state_file_loses_and_duplicates_no_confirmation() {
 #[test]
 fn a_rolling_restart_through_redis_loses_and_duplicates_no_confirmation() {
     let mut run = Run::new("redis");
-    let url = start_redis(&mut run);
+    let url = start_redis(&mut run.children);
     let public = free_port();
     let (a, publish_a) = start_node(&mut run, public, &["--redis", &url]);
     let (b, publish_b) = start_node(&mut run, public, &["--redis", &url]);
