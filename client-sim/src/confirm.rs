@@ -11,6 +11,7 @@
 //! It only publishes, kills, restarts and waits; counting is the workers'
 //! (each client checks its offsets) and the report's.
 
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::restart::Restarted;
@@ -85,9 +86,10 @@ pub(crate) fn run(
         .map(|_| opts.kill_after_round.unwrap_or(opts.rounds.div_ceil(2)));
     let restart_after =
         (!opts.restart_pid.is_empty()).then(|| opts.restart_after_round.unwrap_or(opts.rounds / 2));
-    if restart_after.is_some_and(|after| after >= opts.rounds) {
+    if restart_after.is_some_and(|after| after == 0 || after >= opts.rounds) {
         return Err(format!(
-            "--restart-after-round must be before the last of --rounds {}: the last round goes out once the nodes are back",
+            "--restart-after-round must be 1 to {} (before the last of --rounds {}): the last round goes out once the nodes are back",
+            opts.rounds.saturating_sub(1),
             opts.rounds
         ));
     }
@@ -95,9 +97,10 @@ pub(crate) fn run(
         rounds: opts.rounds,
         ..Outcome::default()
     };
+    // Each wait (a node's stop or start, a publish refused meanwhile, the
+    // browsers' return) gets the whole timeout, however many nodes go.
     let bound = Duration::from_secs(common.timeout);
-    let until = Instant::now() + bound;
-    let mut restarting: Option<std::thread::JoinHandle<Result<Vec<Restarted>, String>>> = None;
+    let mut restarting: Option<JoinHandle<Result<Vec<Restarted>, String>>> = None;
     for round in 1..=opts.rounds {
         if round == opts.rounds {
             if let Some(restarting) = restarting.take() {
@@ -107,6 +110,7 @@ pub(crate) fn run(
                 outcome.restarts = restarting
                     .join()
                     .map_err(|_| "the restart thread panicked".to_string())??;
+                let until = Instant::now() + bound;
                 wait_for(workers, rx, until, |_, _, open| open >= connected)?;
             }
         }
@@ -118,6 +122,7 @@ pub(crate) fn run(
             .collect();
         for chunk in items.chunks(PUBLISH_CHUNK) {
             if restart_after.is_some() {
+                let until = Instant::now() + bound;
                 outcome.publish_refusals += publisher.send_until_accepted(chunk, true, until)?;
             } else {
                 publisher.send(chunk, true)?;
