@@ -35,6 +35,8 @@ const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 const BACKOFF_BASE_MS: u64 = 250;
 const BACKOFF_CAP_MS: u64 = 8_000;
 const MAX_ATTEMPTS: u8 = 12;
+/// The close code of a server that drains for a restart.
+const SERVICE_RESTART: u16 = 1012;
 
 /// How dropped clients come back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -475,7 +477,7 @@ impl Engine {
         while let Some(socket) = self.clients.get_mut(token).and_then(|c| c.socket.as_mut()) {
             match socket.read(&mut scratch) {
                 Ok(0) => {
-                    self.closed_by_server(token, 1006);
+                    self.closed_by_server(token, 1006, None);
                     break;
                 }
                 Ok(n) => {
@@ -496,7 +498,7 @@ impl Engine {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.closed_by_server(token, 1006);
+                    self.closed_by_server(token, 1006, None);
                     break;
                 }
             }
@@ -552,8 +554,13 @@ impl Engine {
                     } else {
                         1005
                     };
+                    // A drain's 1012 says when to come back ("reconnect in 2s").
+                    let hint = std::str::from_utf8(payload.get(2..).unwrap_or_default())
+                        .ok()
+                        .and_then(surge::ops::drain::reconnect_hint)
+                        .filter(|_| code == SERVICE_RESTART);
                     self.send(token, OpCode::Close, &payload[..payload.len().min(2)]);
-                    self.closed_by_server(token, code);
+                    self.closed_by_server(token, code, hint);
                     return buf.len();
                 }
                 _ => {}
@@ -572,6 +579,11 @@ impl Engine {
         let elapsed_us = u64::from(tick.saturating_sub(client.started_tick)) * 100;
         if client.reconnecting {
             self.stats.storm.reconnected += 1;
+            *self
+                .stats
+                .reconnects_at
+                .entry(unix_us() / 100_000)
+                .or_default() += 1;
             self.storm_pending = self.storm_pending.saturating_sub(1);
             self.last_reconnect_ms = now;
             client.reconnecting = false;
@@ -722,23 +734,40 @@ impl Engine {
         *self.stats.failed.entry(reason.to_string()).or_default() += 1;
     }
 
-    fn closed_by_server(&mut self, token: usize, code: u16) {
+    /// The server closed (or the connection broke); `hint` is the reconnect
+    /// delay a drain's 1012 asked for.
+    fn closed_by_server(&mut self, token: usize, code: u16, hint: Option<Duration>) {
         self.drop_socket(token);
         let now = self.now_ms();
         if let Some(client) = self.clients.get_mut(token) {
             if client.state == State::Open {
                 *self.stats.closes.entry(code).or_default() += 1;
+                if code == SERVICE_RESTART {
+                    *self
+                        .stats
+                        .drain_closes_at
+                        .entry(unix_us() / 100_000)
+                        .or_default() += 1;
+                }
                 if self.spec.reconnect_on_close {
                     // Its node is gone: come back like a browser, through the
                     // shared port to whichever node takes it, after a jittered
-                    // delay so the survivors are not hit all at once.
+                    // delay so the survivors are not hit all at once; after a
+                    // drain's hint plus up to as much again, as surge.js does.
                     client.state = State::Waiting;
                     client.reconnecting = true;
                     client.attempt = 0;
                     self.stats.storm.dropped += 1;
                     self.storm_pending += 1;
                     self.storm_at.get_or_insert(now);
-                    let at = now + Policy::FullJitter.delay_ms(0, &mut self.rng);
+                    let delay = match hint {
+                        Some(hint) => {
+                            let ms = hint.as_millis() as u64;
+                            ms + self.rng.gen_range(0..=ms)
+                        }
+                        None => Policy::FullJitter.delay_ms(0, &mut self.rng),
+                    };
+                    let at = now + delay;
                     self.timers.push(Reverse((at, token)));
                     return;
                 }

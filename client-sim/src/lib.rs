@@ -4,7 +4,8 @@
 //! - `engine`: one worker process's mio loop over simulated browsers.
 //! - `orchestrate`: the parent: processes, scenarios, merging.
 //! - `publisher`: publishing to one node or several; `confirm`: the
-//!   confirm scenario, with a node killed on the way.
+//!   confirm scenario, with a node killed or restarted on the way;
+//!   `restart`: draining and restarting nodes, and the drain's profile.
 //! - `stats`, `report`: measurements, the table, JSON and HTML.
 //! - `plan`: boxes needed, from a report.
 //! - `queue`: the waiting-room scenario (tokio-tungstenite browsers).
@@ -17,6 +18,7 @@ pub mod plan;
 pub mod publisher;
 pub mod queue;
 pub mod report;
+pub mod restart;
 pub mod srcips;
 pub mod stats;
 pub mod sys;

@@ -43,7 +43,7 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         private_sample: u64,
     },
-    /// Publish booking confirmations to every user channel (--rounds), optionally killing a node on the way, and check each arrives exactly once.
+    /// Publish booking confirmations to every user channel (--rounds), optionally killing or restarting nodes on the way, and check each arrives exactly once.
     Confirm {
         #[command(flatten)]
         common: Common,

@@ -227,7 +227,10 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
     let mut publisher =
         Publisher::new(&common.publish, common.publish_each, common.api_key.clone())?;
     let (expect_confirms, reconnect_on_close) = match scenario {
-        Scenario::Confirm(c) => (c.rounds.max(1), c.kill_pid.is_some()),
+        Scenario::Confirm(c) => (
+            c.rounds.max(1),
+            c.kill_pid.is_some() || !c.restart_pid.is_empty(),
+        ),
         _ => (1, false),
     };
     let before = server_sample(common);
@@ -394,7 +397,7 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
             }
             publications += sample;
             expected += sample;
-            wait_for(&mut workers, &rx, deadline(common.timeout), |d, _| {
+            wait_for(&mut workers, &rx, deadline(common.timeout), |d, _, _| {
                 d >= expected
             })?;
             let cpu_after = server_sample(common).and_then(|(_, c)| c);
@@ -437,7 +440,7 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
             round(&mut publisher, &mut publications, &mut expected)?;
             // Everyone has it (and so its channel's epoch) before the drop:
             // a client cut off earlier has no position to recover from.
-            wait_for(&mut workers, &rx, deadline(common.timeout), |d, _| {
+            wait_for(&mut workers, &rx, deadline(common.timeout), |d, _, _| {
                 d >= expected
             })?;
             std::thread::sleep(Duration::from_secs(common.hold));
@@ -464,7 +467,7 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
                 }
             }
             round(&mut publisher, &mut publications, &mut expected)?;
-            wait_for(&mut workers, &rx, deadline(common.timeout), |d, _| {
+            wait_for(&mut workers, &rx, deadline(common.timeout), |d, _, _| {
                 d >= expected
             })?;
         }
@@ -579,12 +582,13 @@ pub(crate) fn recv_until(
     }
 }
 
-/// Polls the workers until `done(deliveries, confirmed_once)` or the deadline.
+/// Polls the workers until `done(deliveries, confirmed_once, open)` or the
+/// deadline.
 pub(crate) fn wait_for(
     workers: &mut [Worker],
     rx: &Receiver<(usize, Event)>,
     until: Instant,
-    done: impl Fn(u64, u64) -> bool,
+    done: impl Fn(u64, u64, u64) -> bool,
 ) -> Result<(), String> {
     loop {
         send(workers, &Command::Report);
@@ -594,6 +598,7 @@ pub(crate) fn wait_for(
         let reply_by = Instant::now() + REPORT_REPLY;
         let mut deliveries = 0;
         let mut once = 0;
+        let mut open = 0;
         for _ in 0..workers.len() {
             loop {
                 if let (
@@ -601,17 +606,18 @@ pub(crate) fn wait_for(
                     Event::Report {
                         deliveries: d,
                         confirm_once: c,
-                        ..
+                        open: o,
                     },
                 ) = recv_until(rx, reply_by)?
                 {
                     deliveries += d;
                     once += c;
+                    open += o;
                     break;
                 }
             }
         }
-        if done(deliveries, once) || Instant::now() >= until {
+        if done(deliveries, once, open) || Instant::now() >= until {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));

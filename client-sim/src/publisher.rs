@@ -6,13 +6,20 @@
 //!
 //! It must never send a publication twice to one engine: a request is only
 //! tried again elsewhere when the connection was refused, so the node never
-//! saw it. Anything else is an error for the caller.
+//! saw it. Anything else is an error for the caller. While nodes restart
+//! (`send_until_accepted`), a 503 is tried again too: Surge answers it
+//! before storing anything (draining, overloaded), and a refused node
+//! stays in the rotation, for it comes back.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long one publish request may take; a batch of thousands to a node
 /// that is busy fanning out still answers well within it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before asking every node again once all refused: a restarting
+/// node is back within a second or two, and asking faster only adds
+/// refusals to count.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// The publish APIs of the nodes and how to use them.
 pub struct Publisher {
@@ -71,7 +78,9 @@ impl Publisher {
                     eprintln!("client-sim: {e}; publishing to the other nodes");
                     self.urls.remove(i);
                 }
-                Err(Failure::Refused(e) | Failure::Other(e)) => return Err(e),
+                Err(Failure::Refused(e) | Failure::Unavailable(e) | Failure::Other(e)) => {
+                    return Err(e)
+                }
             }
         }
         Ok(())
@@ -92,9 +101,52 @@ impl Publisher {
                     eprintln!("client-sim: {e}; publishing to the other nodes");
                     self.urls.remove(i);
                 }
-                Err(Failure::Refused(e) | Failure::Other(e)) => return Err(e),
+                Err(Failure::Refused(e) | Failure::Unavailable(e) | Failure::Other(e)) => {
+                    return Err(e)
+                }
             }
         }
+    }
+
+    /// Publishes `items` as `send` does, to one node in turn, while nodes
+    /// restart: a node that refuses the connection or answers 503 never
+    /// stored the request, so the next node is asked, and once every node
+    /// refused, all again after `RETRY_PAUSE`, until `until`. Returns how
+    /// many times a request was refused.
+    pub fn send_until_accepted(
+        &mut self,
+        items: &[String],
+        batch: bool,
+        until: Instant,
+    ) -> Result<u64, String> {
+        let bodies: Vec<(String, &str)> = if batch {
+            vec![(format!("[{}]", items.join(",")), "/api/batch")]
+        } else {
+            items.iter().map(|i| (i.clone(), "/api/publish")).collect()
+        };
+        let mut refusals = 0;
+        for (body, path) in &bodies {
+            let mut refused_in_turn = 0;
+            loop {
+                let i = self.next % self.urls.len();
+                self.next = i + 1;
+                match self.post(&self.urls[i], path, body) {
+                    Ok(()) => break,
+                    Err(Failure::Refused(e) | Failure::Unavailable(e)) => {
+                        refusals += 1;
+                        refused_in_turn += 1;
+                        if Instant::now() >= until {
+                            return Err(format!("{e}; still refused at the deadline"));
+                        }
+                        if refused_in_turn % self.urls.len() == 0 {
+                            std::thread::sleep(RETRY_PAUSE);
+                        }
+                    }
+                    Err(Failure::Other(e)) => return Err(e),
+                }
+            }
+        }
+        Ok(refusals)
     }
 
     fn post(&self, url: &str, path: &str, body: &str) -> Result<(), Failure> {
@@ -104,6 +156,10 @@ impl Publisher {
         }
         match req.send_string(body) {
             Ok(_) => Ok(()),
+            Err(ureq::Error::Status(503, r)) => Err(Failure::Unavailable(format!(
+                "publish: 503 {}",
+                r.into_string().unwrap_or_default().trim()
+            ))),
             Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::ConnectionFailed => {
                 Err(Failure::Refused(format!("publish: {t}")))
             }
@@ -117,6 +173,9 @@ enum Failure {
     /// The connection was refused: the node never saw the publication, so
     /// another node may take it.
     Refused(String),
+    /// 503: Surge answers it before storing anything (draining, a full
+    /// queue), so asking again cannot duplicate.
+    Unavailable(String),
     /// Anything else: the node may have stored it, so it is not retried.
     Other(String),
 }

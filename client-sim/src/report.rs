@@ -90,6 +90,13 @@ pub struct Confirm {
     pub duplicated: u64,
     pub killed_pid: Option<u32>,
     pub killed_after_round: Option<u8>,
+    /// Nodes drained and restarted (--restart-pid), in order.
+    pub restarts: Vec<crate::restart::Restarted>,
+    pub restarted_after_round: Option<u8>,
+    /// Publish requests refused while nodes restarted, and sent again.
+    pub publish_refusals: u64,
+    /// The drains' 1012 closes and reconnections per second.
+    pub drain_profile: Option<crate::restart::Profile>,
 }
 
 impl Confirm {
@@ -99,6 +106,9 @@ impl Confirm {
         self.published = outcome.published;
         self.killed_pid = outcome.killed_pid;
         self.killed_after_round = outcome.killed_after_round;
+        self.restarts = outcome.restarts.clone();
+        self.restarted_after_round = outcome.restarted_after_round;
+        self.publish_refusals = outcome.publish_refusals;
     }
 }
 
@@ -212,11 +222,17 @@ impl Report {
                 received: stats.confirm_received,
                 lost: stats.confirm_lost,
                 duplicated: stats.duplicates,
+                drain_profile: crate::restart::Profile::of(
+                    &stats.drain_closes_at,
+                    &stats.reconnects_at,
+                ),
                 ..Confirm::default()
             },
             storm: match scenario {
                 Scenario::Storm { .. } => Some(stats.storm.clone()),
-                Scenario::Confirm(c) if c.kill_pid.is_some() => Some(stats.storm.clone()),
+                Scenario::Confirm(c) if c.kill_pid.is_some() || !c.restart_pid.is_empty() => {
+                    Some(stats.storm.clone())
+                }
                 _ => None,
             },
             server,
@@ -309,6 +325,53 @@ impl Report {
             );
             if let (Some(pid), Some(round)) = (c.killed_pid, c.killed_after_round) {
                 row("node killed", format!("pid {pid} after round {round}"));
+            }
+            for r in &c.restarts {
+                row(
+                    "node restarted",
+                    format!(
+                        "pid {} as {}: stopped {:.1} s after SIGTERM, listening {} ms later",
+                        r.old_pid,
+                        r.new_pid,
+                        r.stop_ms as f64 / 1000.0,
+                        r.start_ms
+                    ),
+                );
+            }
+            if c.restarted_after_round.is_some() {
+                row(
+                    "publishes refused, sent again",
+                    c.publish_refusals.to_string(),
+                );
+            }
+            if let Some(p) = &c.drain_profile {
+                row(
+                    "drain: 1012 closes",
+                    format!(
+                        "{} over {:.1} s, peak {}/s, even share {:.0}/s",
+                        p.closes,
+                        p.closing_seconds,
+                        p.peak_closes_per_second,
+                        p.even_share_per_second
+                    ),
+                );
+                row(
+                    "drain: reconnections",
+                    format!(
+                        "{}, peak {}/s ({:.2}x the even share)",
+                        p.reconnects,
+                        p.peak_reconnects_per_second,
+                        p.peak_reconnects_per_second as f64 / p.even_share_per_second.max(1.0)
+                    ),
+                );
+                row(
+                    "drain: closes per second",
+                    format!("{:?}", p.closes_per_second),
+                );
+                row(
+                    "drain: reconnections per second",
+                    format!("{:?}", p.reconnects_per_second),
+                );
             }
         }
         if let Some(s) = &self.storm {

@@ -76,6 +76,13 @@ pub struct Stats {
     pub client_rss_delta: u64,
     /// (milliseconds since start, open connections), sampled.
     pub timeline: Vec<(u64, u64)>,
+    /// Unix time in tenths of a second -> connections the server closed
+    /// with 1012 (a drain): fine enough to tell a drain window's length.
+    #[serde(default)]
+    pub drain_closes_at: BTreeMap<u64, u64>,
+    /// Unix time in tenths of a second -> reconnections that opened then.
+    #[serde(default)]
+    pub reconnects_at: BTreeMap<u64, u64>,
 }
 
 impl Stats {
@@ -119,6 +126,14 @@ impl Stats {
         s.not_recovered += o.not_recovered;
         s.time_to_full_ms = s.time_to_full_ms.max(o.time_to_full_ms);
         self.timeline = merge_timelines(&self.timeline, &other.timeline);
+        for (into, from) in [
+            (&mut self.drain_closes_at, &other.drain_closes_at),
+            (&mut self.reconnects_at, &other.reconnects_at),
+        ] {
+            for (second, n) in from {
+                *into.entry(*second).or_default() += n;
+            }
+        }
     }
 }
 

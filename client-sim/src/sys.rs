@@ -86,3 +86,14 @@ pub fn kill(pid: u32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Sends SIGTERM to `pid`: a planned stop, which a Surge node answers with
+/// a drain.
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -10,12 +10,14 @@
 //! killed like a real node without the test depending on where cargo put
 //! the `surge` binary.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+
+mod common;
+use common::{free_port, start_redis};
 
 const BIN: &str = env!("CARGO_BIN_EXE_client-sim");
 const SECRET: &str = "kill-node-test-secret-0123";
@@ -31,40 +33,6 @@ impl Drop for Killed {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// Starts redis-server (owned by `children` from the start); returns its URL.
-fn start_redis(children: &mut Killed) -> String {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server runs (apt install redis-server)");
-    children.0.push(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let pong = TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(1)))?;
-            s.write_all(b"PING\r\n")?;
-            let mut buf = [0u8; 5];
-            s.read_exact(&mut buf)?;
-            Ok(&buf == b"+PONG")
-        });
-        if pong.unwrap_or(false) {
-            return format!("redis://127.0.0.1:{port}/0");
-        }
-        assert!(Instant::now() < deadline, "redis-server did not answer");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -134,7 +102,7 @@ fn node_process() {
 #[test]
 fn killed_node_loses_no_confirmation_and_duplicates_none() {
     let mut children = Killed(Vec::new());
-    let url = start_redis(&mut children);
+    let url = start_redis(&mut children.0);
     let port = free_port();
     let mut publish = Vec::new();
     for _ in 0..3 {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use surge::config::ConfigError;
+use surge::ops::drain::Ended;
 use surge::ops::logging::LogControl;
 use surge::ops::notify::{self, Notifier};
 use surge::ops::watchdog::{Liveness, Watchdog};
@@ -137,9 +138,14 @@ fn main() -> ExitCode {
             .swap(false, Ordering::Relaxed)
         {
             // POST /drain: the connections go, the process stays until a
-            // SIGTERM, answering /healthz and /metrics meanwhile.
+            // SIGTERM, answering /healthz and /metrics meanwhile. A SIGTERM
+            // (or SIGINT) that cuts this drain short was taken from the
+            // queue by the drain, so it is acted on here: shut down.
             notifier.stopping();
-            drain(&server, &mut signals);
+            if drain(&server, &mut signals) == Ended::Interrupted {
+                tracing::info!("a signal during the drain; shutting down");
+                break ExitCode::SUCCESS;
+            }
             continue;
         }
         if server.metrics.dead_workers.load(Ordering::Relaxed) > 0 {
@@ -195,10 +201,11 @@ fn reload(server: &mut Server, log: &LogControl) {
 }
 
 /// Drains the server's connections (see `ops::drain`); a SIGTERM or SIGINT
-/// that arrives meanwhile cuts it short.
-fn drain(server: &Server, signals: &mut Signals) {
+/// that arrives meanwhile cuts it short, and `Interrupted` says so: the
+/// signal is consumed here, so the caller must act on it.
+fn drain(server: &Server, signals: &mut Signals) -> Ended {
     if server.metrics.draining.load(Ordering::Relaxed) {
-        return;
+        return Ended::Done;
     }
     let config = server.config();
     let ended = surge::ops::drain::run(
@@ -206,7 +213,20 @@ fn drain(server: &Server, signals: &mut Signals) {
         &server.metrics,
         config.drain_grace.duration(),
         config.drain_window.duration(),
-        || signals.pending().any(|s| s == SIGTERM || s == SIGINT),
+        || {
+            let mut stop = false;
+            for signal in signals.pending() {
+                if signal == SIGHUP {
+                    // The drain holds the main thread; a reload would race
+                    // the closing workers for nothing, the process is going.
+                    tracing::warn!("SIGHUP during a drain: not reloaded");
+                } else {
+                    stop = true;
+                }
+            }
+            stop
+        },
     );
     tracing::info!(?ended, "drain over");
+    ended
 }

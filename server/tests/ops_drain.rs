@@ -272,3 +272,94 @@ async fn a_second_sigterm_ends_a_drain_at_once() {
     let code = closed.await.unwrap();
     assert!(code == 1012 || code == 1001, "{code}");
 }
+
+/// A node killed if the test fails before it ends it: a surge left behind
+/// would hold the test's output pipe open and hang whoever reads it.
+struct Node(std::process::Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// POSTs to the admin port; the status answered.
+fn admin_post(admin: &str, path: &str) -> u16 {
+    let url = format!("http://{admin}{path}");
+    match ureq::post(&url)
+        .timeout(Duration::from_secs(5))
+        .send_string("")
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+/// Polls `url` until it answers `status`, within `WAIT`.
+fn answers_eventually(url: &str, status: u16) {
+    let deadline = Instant::now() + WAIT;
+    while get(url) != status {
+        assert!(Instant::now() < deadline, "{url} never answered {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_drain_closes_with_1012_and_the_process_stays_until_sigterm() {
+    let (child, public, admin) = spawn(&["--drain-grace", "0s", "--drain-window", "1s"]);
+    let mut node = Node(child);
+    let child = &mut node.0;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{public}/ws"))
+        .await
+        .expect("connect");
+    tokio::task::block_in_place(|| {
+        assert_eq!(admin_post(&admin, "/drain"), 202);
+        answers_eventually(&format!("http://{admin}/readyz"), 503);
+    });
+    let code = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => break u16::from(frame.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 1012);
+    tokio::task::block_in_place(|| {
+        // Drained, not stopped: liveness and metrics still answer, and only
+        // a SIGTERM ends the process.
+        assert_eq!(get(&format!("http://{admin}/healthz")), 200);
+        assert_eq!(get(&format!("http://{admin}/metrics")), 200);
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited after POST /drain"
+        );
+        // A second request changes nothing.
+        assert_eq!(admin_post(&admin, "/drain"), 202);
+        signal(child, libc::SIGTERM);
+        assert!(exits_within(child, WAIT), "SIGTERM after a drain");
+    });
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_post_drain_ends_the_process() {
+    // The window is far longer than the bound: only the SIGTERM, arriving
+    // while the POST's drain still runs, can end the process in time.
+    let (child, public, admin) = spawn(&["--drain-grace", "0s", "--drain-window", "600s"]);
+    let mut node = Node(child);
+    let child = &mut node.0;
+    let (_ws, _) = tokio_tungstenite::connect_async(format!("ws://{public}/ws"))
+        .await
+        .expect("connect");
+    tokio::task::block_in_place(|| {
+        assert_eq!(admin_post(&admin, "/drain"), 202);
+        answers_eventually(&format!("http://{admin}/readyz"), 503);
+        signal(child, libc::SIGTERM);
+        assert!(
+            exits_within(child, Duration::from_secs(20)),
+            "a SIGTERM during a POST /drain must end the process"
+        );
+    });
+}

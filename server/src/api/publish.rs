@@ -138,6 +138,15 @@ async fn handle(ctx: Arc<Ctx>, request: Request<Incoming>) -> Answer {
     // look (unless a state file carries it): refuse, so the backend retries
     // on a live node, never acknowledged and then lost.
     if ctx.metrics.draining.load(Relaxed) && ctx.engine.status().kind == "memory" {
+        // Read the body first (bounded, as for a publish): a refusal sent
+        // while a batch is still arriving ends in a reset, which the
+        // backend cannot tell from a node that stored it and then died.
+        let max = if batch {
+            ctx.max_batch_body
+        } else {
+            ctx.max_body
+        };
+        let _ = read_body(request, max).await;
         ctx.metrics.count_publish_refusal(503);
         return error(
             503,
