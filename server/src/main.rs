@@ -213,6 +213,7 @@ fn drain(server: &Server, signals: &mut Signals) -> Ended {
         &server.metrics,
         config.drain_grace.duration(),
         config.drain_window.duration(),
+        config.drain_reconnect_hint(),
         || {
             let mut stop = false;
             for signal in signals.pending() {

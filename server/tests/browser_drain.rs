@@ -25,7 +25,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_surge");
 /// Pages in the test: enough that their delays must differ (jitter) with
 /// near certainty, few enough to stay light.
 const PAGES: usize = 10;
-/// The hint every drain sends (server/src/ops/drain.rs).
+/// The hint the drain sends: given explicitly, as two in-process nodes on
+/// one port are not what a lone node's default (its drain window) is for.
 const HINT_MS: f64 = 2000.0;
 
 /// Starts a node on `port`; returns it and its admin address.
@@ -47,6 +48,7 @@ fn start_node(port: u16) -> (Killed, String) {
             "1s",
         ])
         .args(["--drain-grace", "0s", "--drain-window", "1s"])
+        .args(["--drain-reconnect-hint", "2s"])
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::piped())
         .spawn()

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use crate::admin::metrics::Metrics;
 use crate::channels::broker::{Broker, Command};
 
-/// The delay the close reason asks browsers to wait before reconnecting;
-/// surge.js adds up to as much again at random. The closes are already
-/// spread over the window: the hint only keeps a browser from coming
-/// straight back through a load balancer that has not yet seen /readyz
-/// turn 503, and the jitter keeps one step's closes out of lockstep.
+/// The delay the close reason asks browsers to wait before reconnecting
+/// when other nodes can take them (with --redis); surge.js adds up to as
+/// much again at random. The closes are already spread over the window:
+/// the hint only keeps a browser from coming straight back through a load
+/// balancer that has not yet seen /readyz turn 503, and the jitter keeps
+/// one step's closes out of lockstep. A lone node uses its drain window
+/// instead (`Config::drain_reconnect_hint`).
 pub const RECONNECT_HINT: Duration = Duration::from_secs(2);
 /// How often the drain hands the workers their next share of closes:
 /// ten steps a second keep every second's closes within a few percent of
@@ -34,13 +36,14 @@ pub enum Ended {
 }
 
 /// Runs a drain: readiness off at once, the listeners open for `grace`,
-/// then every connection closed with 1012 evenly over `window`. Polls
-/// `interrupted` every step.
+/// then every connection closed with 1012 and a reconnect `hint` evenly
+/// over `window`. Polls `interrupted` every step.
 pub fn run(
     broker: &Arc<Broker>,
     metrics: &Metrics,
     grace: Duration,
     window: Duration,
+    hint: Duration,
     mut interrupted: impl FnMut() -> bool,
 ) -> Ended {
     metrics.draining.store(true, Ordering::Relaxed);
@@ -64,7 +67,7 @@ pub fn run(
         connections = totals.iter().sum::<u64>(),
         "drain: closing connections"
     );
-    let reason: Arc<str> = close_reason(RECONNECT_HINT).into();
+    let reason: Arc<str> = close_reason(hint).into();
     let mut pacer = Pacer::new(totals, window);
     let began = Instant::now();
     loop {
