@@ -100,7 +100,7 @@ async fn a_wss_reader_that_falls_behind_gets_every_byte_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_12_and_13_both_serve_websockets() {
+async fn tls_12_and_13_with_aes_gcm_or_chacha20_all_serve_websockets() {
     let ca = Ca::new("versions CA");
     let files = Files::new("versions");
     files.write(&ca.leaf("surge"));
@@ -109,16 +109,25 @@ async fn tls_12_and_13_both_serve_websockets() {
         (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
         (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
     ] {
-        let client = client_for(&[&ca], Some(version));
-        let mut ws = connect_wss(&server, &client, "?ch=v").await;
-        assert_eq!(tls_of(&ws).protocol_version(), Some(name));
-        assert_eq!(tls_of(&ws).alpn_protocol(), Some(&b"http/1.1"[..]));
-        let ack = next_json(&mut ws).await;
-        assert_eq!(ack["op"], "subscribed", "{ack}");
-        publish_async(&server, "v", r#""hello""#).await;
-        assert_eq!(next_json(&mut ws).await["data"], "hello");
+        for suite in ["AES_128_GCM", "AES_256_GCM", "CHACHA20"] {
+            let client = client_for(&[&ca], Some(version), suite);
+            let mut ws = connect_wss(&server, &client, "").await;
+            let negotiated = tls_of(&ws).negotiated_cipher_suite().expect("suite");
+            assert!(format!("{:?}", negotiated.suite()).contains(suite));
+            assert_eq!(tls_of(&ws).protocol_version(), Some(name));
+            echo_round_trip(&server, &mut ws, &format!("{suite}-{name:?}")).await;
+        }
     }
     server.shutdown();
+}
+
+/// Both directions of an established wss:// connection: a command up and
+/// its reply down, then a publication down.
+async fn echo_round_trip(server: &surge::Server, ws: &mut Ws, channel: &str) {
+    assert_eq!(tls_of(ws).alpn_protocol(), Some(&b"http/1.1"[..]));
+    subscribe(ws, channel).await;
+    publish_async(server, channel, r#""hello""#).await;
+    assert_eq!(next_json(ws).await["data"], "hello");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +215,8 @@ async fn plain_http_and_garbage_on_the_tls_port_are_refused_while_wss_keeps_flow
     // Bytes that are no protocol at all: a TLS alert at most, then the end.
     let seen = tokio::task::spawn_blocking(move || {
         let mut s = raw(addr);
-        s.write_all(b"\x00\x01\x02\x03 not a record\r\n\r\n").expect("write");
+        s.write_all(b"\x00\x01\x02\x03 not a record\r\n\r\n")
+            .expect("write");
         read_until_closed(s)
     })
     .await
@@ -262,5 +272,40 @@ async fn the_page_and_assets_are_served_over_https() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("text/javascript"), "{text}");
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_key_update_ends_only_its_own_connection() {
+    let ca = Ca::new("key update CA");
+    let files = Files::new("keyupdate");
+    files.write(&ca.leaf("surge"));
+    let server = start_tls(&files, &[]);
+    let mut other = connect_wss(&server, &ca.client(), "?ch=k").await;
+    assert_eq!(next_json(&mut other).await["op"], "subscribed");
+    let mut ws = connect_wss(&server, &ca.client(), "?ch=k").await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    match ws.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Rustls(s) => s
+            .get_mut()
+            .1
+            .refresh_traffic_keys()
+            .expect("key update queued"),
+        _ => panic!("not TLS"),
+    }
+    // The KeyUpdate goes out with the next record; the server does not
+    // follow it (docs/tls.md) and ends this connection, which ends.
+    send_text(&mut ws, r#"{"op":"sub","ch":"k2"}"#).await;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("an end in time")
+        {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+    publish_async(&server, "k", "7").await;
+    assert_eq!(next_json(&mut other).await["data"], 7);
     server.shutdown();
 }

@@ -38,11 +38,18 @@ async fn a_reloaded_certificate_serves_new_handshakes_and_open_connections_keep_
     assert_eq!(next_json(&mut old).await["op"], "subscribed");
     assert_eq!(served_certificate(&server, &ca).await, first.der.to_vec());
 
-    let second = ca.leaf("second");
+    let second = ca.leaf_until("second", 2040);
     files.write(&second);
     let (status, body) = post_reload(&server);
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("valid until"), "{body}");
+    assert!(
+        body.contains("valid until 2040-01-01 00:00:00 UTC"),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&server, "surge_tls_certificate_expiry_timestamp_seconds"),
+        2_208_988_800
+    );
     assert_eq!(served_certificate(&server, &ca).await, second.der.to_vec());
     publish_async(&server, "slots", r#""after reload""#).await;
     assert_eq!(next_json(&mut old).await["data"], "after reload");
@@ -98,8 +105,14 @@ fn an_expired_certificate_or_a_foreign_key_is_refused_at_start_with_exit_2() {
     for args in [&[][..], &["check-config"][..]] {
         let (code, stderr) = surge(args, &files);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains("expired at 2021-01-01 00:00:00 UTC"), "{stderr}");
-        assert!(stderr.contains(&files.cert.display().to_string()), "{stderr}");
+        assert!(
+            stderr.contains("expired at 2021-01-01 00:00:00 UTC"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&files.cert.display().to_string()),
+            "{stderr}"
+        );
     }
 
     files.write(&ca.leaf("good"));

@@ -9,6 +9,7 @@
 //! drive the sessions (`session.rs`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
@@ -50,13 +51,15 @@ pub struct Acceptor {
     provider: Arc<CryptoProvider>,
     cert_path: PathBuf,
     key_path: PathBuf,
+    /// When the pair in use expires (Unix seconds), for /metrics.
+    not_after: AtomicI64,
 }
 
 impl Acceptor {
     /// Loads and checks the pair and builds the configuration.
     pub fn new(cert_path: &Path, key_path: &Path) -> Result<Acceptor, CertError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let Loaded { key, .. } = certs::load(cert_path, key_path, &provider)?;
+        let Loaded { key, validity } = certs::load(cert_path, key_path, &provider)?;
         let pair = Arc::new(CurrentPair(RwLock::new(key)));
         let setup = |e: rustls::Error| CertError::Setup(e.to_string());
         let mut config = ServerConfig::builder_with_provider(provider.clone())
@@ -70,13 +73,22 @@ impl Acceptor {
         // memory per browser, and a stolen key opens few sessions.
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(setup)?;
         config.send_tls13_tickets = TLS13_TICKETS;
+        // After the handshake only the record keys are kept (`records.rs`):
+        // rustls hands them over through its kernel-connection API.
+        config.enable_secret_extraction = true;
         Ok(Acceptor {
             config: Arc::new(config),
             pair,
             provider,
             cert_path: cert_path.to_path_buf(),
             key_path: key_path.to_path_buf(),
+            not_after: AtomicI64::new(validity.not_after),
         })
+    }
+
+    /// When the certificate new handshakes get expires, in Unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(Ordering::Relaxed)
     }
 
     /// The configuration new sessions are made from.
@@ -95,6 +107,7 @@ impl Acceptor {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         *pair = key;
+        self.not_after.store(validity.not_after, Ordering::Relaxed);
         Ok(validity)
     }
 
