@@ -138,6 +138,11 @@ async fn a_reconnect_with_the_same_client_resumes_its_tls_session() {
     let server = start_tls(&files, &[]);
     let client = ca.client();
     let mut first = connect_wss(&server, &client, "?ch=r").await;
+    // rustls' client lists AES-256 first; the server's own order wins.
+    assert_eq!(
+        tls_of(&first).negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
     assert_eq!(
         tls_of(&first).handshake_kind(),
         Some(rustls::HandshakeKind::Full)
