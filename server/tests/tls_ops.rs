@@ -69,6 +69,10 @@ async fn a_reloaded_certificate_serves_new_handshakes_and_open_connections_keep_
     // SIGHUP calls the same reload; it refuses the same way.
     assert!(matches!(server.reload_tls(), Some(Err(_))));
     assert_eq!(served_certificate(&server, &ca).await, second.der.to_vec());
+    assert_eq!(
+        metric(&server, "surge_tls_certificate_expiry_timestamp_seconds"),
+        2_208_988_800
+    );
     publish_async(&server, "slots", r#""still here""#).await;
     assert_eq!(next_json(&mut old).await["data"], "still here");
     server.shutdown();
