@@ -233,6 +233,16 @@ async fn plain_http_and_garbage_on_the_tls_port_are_refused_while_wss_keeps_flow
     publish_async(&server, "live", "2").await;
     assert_eq!(next_json(&mut ws).await["data"], 2);
 
+    // A TLS record whose hello is nonsense: a failed handshake.
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut s = raw(addr);
+        s.write_all(&[22, 3, 1, 0, 4, 1, 0, 0, 0]).expect("write");
+        read_until_closed(s)
+    })
+    .await
+    .expect("bad hello");
+    assert!(seen.is_empty() || seen[0] == 21, "{seen:?}");
+
     // A TLS client that stops halfway through its hello: closed at the
     // handshake deadline, with nothing said in clear text.
     let seen = tokio::task::spawn_blocking(move || {
@@ -246,7 +256,12 @@ async fn plain_http_and_garbage_on_the_tls_port_are_refused_while_wss_keeps_flow
     publish_async(&server, "live", "3").await;
     assert_eq!(next_json(&mut ws).await["data"], 3);
 
-    for (reason, count) in [("plain_http", 1), ("not_tls", 1), ("handshake_timeout", 1)] {
+    for (reason, count) in [
+        ("plain_http", 1),
+        ("not_tls", 1),
+        ("handshake_failed", 1),
+        ("handshake_timeout", 1),
+    ] {
         let series = format!("surge_tls_refused_total{{reason=\"{reason}\"}}");
         assert_eq!(metric(&server, &series), count, "{series}");
     }
