@@ -329,3 +329,31 @@ async fn a_client_key_update_ends_only_its_own_connection() {
     assert_eq!(next_json(&mut other).await["data"], 7);
     server.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_reader_past_the_outbound_bound_is_closed_4000_cleanly_and_others_keep_up() {
+    let ca = Ca::new("bound CA");
+    let files = Files::new("bound");
+    files.write(&ca.leaf("surge"));
+    let server = start_tls(&files, &["--max-outbound", "64KiB"]);
+    let mut slow = connect_wss(&server, &ca.client(), "?ch=b").await;
+    assert_eq!(next_json(&mut slow).await["op"], "subscribed");
+    let mut fast = connect_wss(&server, &ca.client(), "?ch=b").await;
+    assert_eq!(next_json(&mut fast).await["op"], "subscribed");
+    // `slow` reads nothing; `fast` reads everything as it comes.
+    let chunk = "x".repeat(16_000);
+    let mut sent = 0u64;
+    while metric(&server, "surge_slow_consumer_closes_total") == 0 {
+        assert!(sent < 3_000, "the slow reader was never closed");
+        publish_async(&server, "b", &format!(r#"{{"n":{sent},"s":"{chunk}"}}"#)).await;
+        let v = next_json(&mut fast).await;
+        assert_eq!(v["data"]["n"].as_u64(), Some(sent));
+        sent += 1;
+    }
+    // The slow reader's queue was sealed records: it gets what was queued,
+    // then a valid close frame with 4000 (its TLS stream was never cut).
+    assert_eq!(close_code(&mut slow).await, 4000);
+    publish_async(&server, "b", r#"{"n":"after"}"#).await;
+    assert_eq!(next_json(&mut fast).await["data"]["n"], "after");
+    server.shutdown();
+}
