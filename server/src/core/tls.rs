@@ -148,7 +148,9 @@ impl Worker {
         let flow = self.feed_decrypted(token);
         if opened.peer_closed {
             // close_notify: the TLS twin of end of stream.
-            self.close_now(token);
+            if self.conns.contains(token) {
+                self.close_now(token);
+            }
             return Flow::Stop;
         }
         match flow {
