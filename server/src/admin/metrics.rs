@@ -14,6 +14,7 @@ use crossbeam_utils::CachePadded;
 use crate::admin::histogram::{self, Histogram};
 use crate::channels::protocol::ErrorCode;
 use crate::channels::token::TokenError;
+use crate::tls::refusal::{TlsRefusal, HANDSHAKE_KINDS};
 use crate::wire::close;
 use crate::wire::handshake::HandshakeError;
 
@@ -53,6 +54,11 @@ pub struct WorkerMetrics {
     pub replayed: AtomicU64,
     pub token_refusals: [AtomicU64; TokenError::LABELS.len()],
     pub handshake_failures: [AtomicU64; HandshakeError::LABELS.len()],
+    /// Connections on the TLS port closed before speaking HTTP, by
+    /// [`TlsRefusal`]; always zero on a plain port.
+    pub tls_refused: [AtomicU64; TlsRefusal::LABELS.len()],
+    /// TLS handshakes completed, indexed like [`HANDSHAKE_KINDS`].
+    pub tls_handshakes: [AtomicU64; HANDSHAKE_KINDS.len()],
     /// Indexed like [`CLOSE_CODES`], plus one slot for other codes.
     pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
     /// Connections closed 1008 for sending frames past their rate.
@@ -123,6 +129,8 @@ pub struct Metrics {
     pub engine: std::sync::OnceLock<crate::engine::SharedEngine>,
     /// The waiting rooms, for their per-room series (set once at start).
     pub rooms: std::sync::OnceLock<std::sync::Arc<crate::rooms::Rooms>>,
+    /// The public port's TLS, when configured: its certificate's expiry.
+    pub tls: std::sync::OnceLock<std::sync::Arc<crate::tls::Acceptor>>,
 }
 
 impl Metrics {
@@ -147,6 +155,7 @@ impl Metrics {
             max_connections,
             engine: std::sync::OnceLock::new(),
             rooms: std::sync::OnceLock::new(),
+            tls: std::sync::OnceLock::new(),
         }
     }
 
@@ -230,6 +239,45 @@ impl Metrics {
             "counter",
             "Refused or abandoned upgrades by reason.",
             &failures,
+        );
+        let tls_refused: Vec<_> = TlsRefusal::LABELS
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    format!("{{reason=\"{l}\"}}"),
+                    self.sum(|w| &w.tls_refused[i]),
+                )
+            })
+            .collect();
+        metric(
+            "tls_refused_total",
+            "counter",
+            "Connections to the TLS port closed before any HTTP, by reason (plain HTTP, not TLS, failed or timed-out handshake).",
+            &tls_refused,
+        );
+        let tls_handshakes: Vec<_> = HANDSHAKE_KINDS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                (
+                    format!("{{kind=\"{k}\"}}"),
+                    self.sum(|w| &w.tls_handshakes[i]),
+                )
+            })
+            .collect();
+        metric(
+            "tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed: full, or resumed with a session ticket.",
+            &tls_handshakes,
+        );
+        let expiry = self.tls.get().map_or(0, |tls| tls.not_after());
+        metric(
+            "tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When the certificate new handshakes get expires (Unix time); 0 without TLS.",
+            &one(u64::try_from(expiry).unwrap_or(0)),
         );
         let closes: Vec<_> = (0..=CLOSE_CODES.len())
             .map(|i| {

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 
 /// Set to `1` to skip the browser tests on a machine without Chromium.
 /// Nothing else skips them: a browser test that quietly passes without a
@@ -140,8 +141,8 @@ impl Browser {
         let client = eventually("chromedriver", || {
             let caps = caps.clone();
             async move {
-                ClientBuilder::rustls()
-                    .ok()?
+                // WebDriver on loopback is plain HTTP: no TLS connector.
+                ClientBuilder::new(HttpConnector::new())
                     .capabilities(caps)
                     .connect(&format!("http://127.0.0.1:{driver_port}"))
                     .await
