@@ -9,8 +9,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +27,8 @@ use surge::wire::frame::{decode_header, encode_frame, OpCode, Role};
 use surge::wire::handshake::{client_request, parse_response};
 
 use crate::stats::{self, Stats};
+use crate::tls::{self as tls_config, TlsArgs};
+use crate::transport::{Tls, TlsFailure, Transport};
 
 const WAKER: Token = Token(usize::MAX);
 /// A handshake that has not completed in this long has failed.
@@ -88,6 +90,9 @@ pub struct WorkerSpec {
     /// Most first connects in flight at once (0: no cap).
     #[serde(default)]
     pub max_pending: u64,
+    /// `wss://`: how to set up TLS; `None` for `ws://`.
+    #[serde(default)]
+    pub tls: Option<TlsArgs>,
 }
 
 fn one() -> u8 {
@@ -146,9 +151,10 @@ enum State {
     Done,
 }
 
-/// One simulated browser: 48 bytes while idle.
+/// One simulated browser: 56 bytes while idle (a TLS session is boxed
+/// inside the transport).
 struct Client {
-    socket: Option<TcpStream>,
+    socket: Option<Transport>,
     state: State,
     uid: u32,
     clinic: u32,
@@ -220,6 +226,8 @@ pub struct Engine {
     last_reconnect_ms: u64,
     policy: Policy,
     rss_at_start: u64,
+    /// `wss://`: the configuration every connection's session starts from.
+    tls: Option<Tls>,
 }
 
 impl Engine {
@@ -230,7 +238,15 @@ impl Engine {
             .token_secret
             .as_ref()
             .and_then(|s| TokenKey::new(s.as_bytes()));
+        let tls = match &spec.tls {
+            Some(args) => Some(Tls {
+                config: tls_config::client_config(args).map_err(io::Error::other)?,
+                name: tls_config::server_name(&spec.host).map_err(io::Error::other)?,
+            }),
+            None => None,
+        };
         Ok(Engine {
+            tls,
             rng: SmallRng::seed_from_u64(spec.seed),
             poll: Poll::new()?,
             clients: Slab::with_capacity(spec.conns as usize),
@@ -419,7 +435,7 @@ impl Engine {
                 Token(token),
                 Interest::READABLE | Interest::WRITABLE,
             )?;
-            Ok(socket)
+            Transport::new(socket, self.tls.as_ref())
         });
         let Some(client) = self.clients.get_mut(token) else {
             return;
@@ -438,12 +454,20 @@ impl Engine {
         let Some(client) = self.clients.get_mut(token) else {
             return;
         };
+        if client.state != State::Connecting && writable {
+            if let Some(socket) = client.socket.as_mut() {
+                // TLS records the socket would not take earlier.
+                if socket.flush().is_err() {
+                    return self.closed_by_server(token, 1006);
+                }
+            }
+        }
         if client.state == State::Connecting && (writable || readable) {
-            let Some(socket) = &client.socket else {
+            let Some(socket) = &mut client.socket else {
                 return;
             };
-            match socket.take_error() {
-                Ok(None) if socket.peer_addr().is_ok() => {}
+            match socket.tcp().take_error() {
+                Ok(None) if socket.tcp().peer_addr().is_ok() => {}
                 Ok(None) if !readable => return,
                 _ => return self.fail(token, "connect refused"),
             }
@@ -460,8 +484,8 @@ impl Engine {
             }
             let request = client_request(&self.spec.host, &query, KEY);
             client.state = State::Handshake;
-            let mut writer: &TcpStream = socket;
-            if writer.write_all(&request).is_err() {
+            // Over TLS, rustls holds the request until its handshake is done.
+            if socket.write_all(&request).is_err() {
                 return self.fail(token, "write failed");
             }
         }
@@ -489,14 +513,25 @@ impl Engine {
                             client.buf = Some(Box::new(pending));
                         }
                     }
-                    if n < scratch.len() {
+                    let more = self
+                        .clients
+                        .get(token)
+                        .and_then(|c| c.socket.as_ref())
+                        .is_some_and(Transport::short_read_may_leave_more);
+                    if n < scratch.len() && !more {
                         break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.closed_by_server(token, 1006);
+                Err(e) => {
+                    match e.get_ref().and_then(|e| e.downcast_ref::<TlsFailure>()) {
+                        // A refused certificate, say: counted by its reason.
+                        Some(failure) if self.is_opening(token) => {
+                            self.fail(token, &failure.to_string())
+                        }
+                        _ => self.closed_by_server(token, 1006),
+                    }
                     break;
                 }
             }
@@ -562,6 +597,12 @@ impl Engine {
         pos
     }
 
+    fn is_opening(&self, token: usize) -> bool {
+        self.clients
+            .get(token)
+            .is_some_and(|c| matches!(c.state, State::Connecting | State::Handshake))
+    }
+
     fn on_open(&mut self, token: usize) {
         let now = self.now_ms();
         let tick = self.now_tick();
@@ -569,6 +610,11 @@ impl Engine {
             return;
         };
         client.state = State::Open;
+        match client.socket.as_ref().and_then(Transport::resumed) {
+            Some(true) => self.stats.tls_resumed += 1,
+            Some(false) => self.stats.tls_full += 1,
+            None => {}
+        }
         let elapsed_us = u64::from(tick.saturating_sub(client.started_tick)) * 100;
         if client.reconnecting {
             self.stats.storm.reconnected += 1;
@@ -690,7 +736,7 @@ impl Engine {
                 let _ = self
                     .poll
                     .registry()
-                    .deregister(&mut SourceFd(&socket.as_raw_fd()));
+                    .deregister(&mut SourceFd(&socket.tcp().as_raw_fd()));
             }
             client.buf = None;
         }
@@ -830,6 +876,6 @@ impl Engine {
     }
 }
 
-fn sys_connect(to: SocketAddr, from: Option<Ipv4Addr>) -> io::Result<TcpStream> {
+fn sys_connect(to: SocketAddr, from: Option<Ipv4Addr>) -> io::Result<std::net::TcpStream> {
     crate::sys::start_connect(to, from)
 }

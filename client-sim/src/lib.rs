@@ -9,6 +9,9 @@
 //! - `plan`: boxes needed, from a report.
 //! - `queue`: the waiting-room scenario (tokio-tungstenite browsers).
 //! - `srcips`, `sys`: source addresses and the system calls beneath.
+//! - `tls`: the TLS client configuration every scenario uses for `wss://`;
+//!   `transport`: a plain or TLS socket driven by readiness; `testcert`:
+//!   a throwaway CA and server certificate for loopback `wss://` runs.
 
 pub mod confirm;
 pub mod engine;
@@ -20,3 +23,6 @@ pub mod report;
 pub mod srcips;
 pub mod stats;
 pub mod sys;
+pub mod testcert;
+pub mod tls;
+pub mod transport;

@@ -27,9 +27,11 @@ const SILENCE: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct QueueArgs {
-    /// WebSocket URL of the server.
+    /// WebSocket URL of the server (wss:// with --ca FILE or --insecure).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Publish API base URL (the room is created there).
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     pub api: String,
@@ -180,6 +182,7 @@ pub fn run(args: &QueueArgs) -> Result<QueueReport, String> {
 }
 
 async fn run_async(args: &QueueArgs) -> Result<QueueReport, String> {
+    crate::tls::install_for(&args.url, &args.tls).map_err(|e| e.to_string())?;
     let rss_before = server_rss(&args.admin);
     let opens_at = unix_now() + args.opens_in;
     let path = format!("/api/rooms/{}", args.room);
@@ -301,7 +304,7 @@ type Ws =
 
 async fn open(url: &str, gate: &Semaphore) -> Result<Ws, String> {
     let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
-    let (ws, _) = tokio::time::timeout(SILENCE, tokio_tungstenite::connect_async(url))
+    let ws = tokio::time::timeout(SILENCE, crate::tls::connect_ws(url))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;

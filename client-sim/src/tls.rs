@@ -1,0 +1,330 @@
+//! The one place client-sim's TLS client is set up, for every scenario:
+//! which server certificates to trust (`--ca FILE` or `--insecure`), the
+//! rustls configuration (ring provider, as the server uses), and session
+//! resumption (on unless `--no-resumption`).
+//!
+//! It owns configuration only. Driving a session over a non-blocking socket
+//! is `transport`'s job; the tokio scenarios hand the configuration to
+//! tokio-tungstenite through [`connect_ws`].
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue,
+    Tls13ClientSessionValue,
+};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, NamedGroup, RootCertStore, SignatureScheme};
+use serde::{Deserialize, Serialize};
+
+/// TLS options every scenario shares; they matter only for `wss://` URLs.
+#[derive(Clone, Debug, Default, clap::Args, Serialize, Deserialize)]
+pub struct TlsArgs {
+    /// For wss://: accept any server certificate (self-signed test
+    /// certificates). Signatures are still checked, so the handshake costs
+    /// what a real one does; only the chain of trust is skipped.
+    #[arg(long, conflicts_with = "ca")]
+    #[serde(default)]
+    pub insecure: bool,
+    /// For wss://: trust the certificate authority in this PEM file (and
+    /// nothing else).
+    #[arg(long)]
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// For wss://: never resume a TLS session, so every connection (and
+    /// every reconnection in a storm) pays a full handshake.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_resumption: bool,
+}
+
+/// Why a TLS client could not be set up. All fatal: the run cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("wss:// needs --ca FILE (trust that certificate authority) or --insecure (trust any certificate)")]
+    NoTrust,
+    #[error("--ca {path}: {source}")]
+    ReadCa {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("--ca {0}: no certificate in the file")]
+    EmptyCa(PathBuf),
+    #[error("--ca {path}: {source}")]
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("rustls: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("{0:?} is not a valid TLS server name")]
+    ServerName(String),
+}
+
+/// TLS 1.3 tickets kept per server name when resumption is on. A ticket is
+/// used once, and each simulated browser would hold its own, so the pool
+/// must cover every connection of a worker process (one ticket each, the
+/// server sends a few): with rustls' default of 8 per server a reconnect
+/// storm of thousands would resume eight and measure full handshakes for
+/// the rest. A ticket is a few hundred bytes, so 2 per connection of a
+/// full process (19,000) stays around 10 MB.
+pub const TICKETS_PER_SERVER: usize = 40_000;
+
+/// Server names remembered for TLS 1.2 sessions and key-exchange hints:
+/// client-sim talks to a handful of nodes.
+const SERVERS_REMEMBERED: usize = 64;
+
+/// The ring provider, as the server and the baseline use: aws-lc-rs needs
+/// cmake and minutes of C compilation on this 2-core box.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The client configuration for `args`: trust, resumption, ALPN `http/1.1`.
+pub fn client_config(args: &TlsArgs) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let mut config = if args.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    } else {
+        let path = args.ca.as_ref().ok_or(TlsError::NoTrust)?;
+        builder
+            .with_root_certificates(roots(path)?)
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = if args.no_resumption {
+        Resumption::disabled()
+    } else {
+        Resumption::store(Arc::new(TicketPool::default()))
+    };
+    Ok(Arc::new(config))
+}
+
+fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path).map_err(|source| TlsError::ReadCa {
+        path: path.into(),
+        source,
+    })?;
+    for cert in certs {
+        let cert = cert.map_err(|source| TlsError::ReadCa {
+            path: path.into(),
+            source,
+        })?;
+        store.add(cert).map_err(|source| TlsError::BadCa {
+            path: path.into(),
+            source,
+        })?;
+    }
+    if store.is_empty() {
+        return Err(TlsError::EmptyCa(path.into()));
+    }
+    Ok(store)
+}
+
+/// The name to check the server's certificate against: the URL's host
+/// without its port (`127.0.0.1` is checked as an IP address, as browsers do).
+pub fn server_name(host_port: &str) -> Result<ServerName<'static>, TlsError> {
+    let host = match host_port.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host_port,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|_| TlsError::ServerName(host.into()))
+}
+
+/// The configuration of the tokio scenarios' browsers, set once per process
+/// by the scenario before it starts them: like a browser's trust store and
+/// session cache, it is shared by every connection the process makes.
+static TOKIO_CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+
+/// Sets the tokio scenarios' TLS configuration for `url` (nothing for ws://).
+pub fn install_for(url: &str, args: &TlsArgs) -> Result<(), TlsError> {
+    if url.starts_with("wss://") {
+        let config = client_config(args)?;
+        let _ = TOKIO_CONFIG.set(config);
+    }
+    Ok(())
+}
+
+/// Opens a WebSocket to a `ws://` or `wss://` URL with tokio-tungstenite,
+/// over the configuration [`install_for`] set.
+pub async fn connect_ws(
+    url: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let connector = TOKIO_CONFIG
+        .get()
+        .map(|c| tokio_tungstenite::Connector::Rustls(c.clone()));
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector).await?;
+    Ok(ws)
+}
+
+/// Trusts any certificate, for self-signed test servers (`--insecure`);
+/// handshake signatures are still verified, so the cost is a real one.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// rustls' session cache with room for a ticket per simulated browser
+/// (see [`TICKETS_PER_SERVER`]); everything but TLS 1.3 tickets is left to
+/// rustls' own cache.
+#[derive(Debug)]
+struct TicketPool {
+    inner: ClientSessionMemoryCache,
+    tickets: Mutex<HashMap<ServerName<'static>, VecDeque<Tls13ClientSessionValue>>>,
+}
+
+impl Default for TicketPool {
+    fn default() -> TicketPool {
+        TicketPool {
+            inner: ClientSessionMemoryCache::new(SERVERS_REMEMBERED),
+            tickets: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl ClientSessionStore for TicketPool {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.inner.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.inner.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.inner.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        let mut map = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SERVERS_REMEMBERED && !map.contains_key(&server_name) {
+            return;
+        }
+        let queue = map.entry(server_name).or_default();
+        if queue.len() >= TICKETS_PER_SERVER {
+            queue.pop_front();
+        }
+        queue.push_back(value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        let mut map = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        // Newest first: the oldest are the nearest to expiry.
+        map.get_mut(server_name).and_then(VecDeque::pop_back)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_name_drops_the_port_and_keeps_ip_addresses() {
+        assert!(matches!(
+            server_name("127.0.0.1:8443"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            server_name("localhost:8443"),
+            Ok(ServerName::DnsName(_))
+        ));
+        assert!(matches!(
+            server_name("localhost"),
+            Ok(ServerName::DnsName(_))
+        ));
+    }
+
+    #[test]
+    fn wss_without_a_trust_choice_is_refused() {
+        assert!(matches!(
+            client_config(&TlsArgs::default()),
+            Err(TlsError::NoTrust)
+        ));
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let args = TlsArgs {
+            ca: Some(path),
+            ..TlsArgs::default()
+        };
+        assert!(matches!(client_config(&args), Err(TlsError::EmptyCa(_))));
+    }
+}

@@ -1,0 +1,150 @@
+//! A simulated browser's socket, plain (`ws://`) or TLS (`wss://`), driven
+//! by mio readiness: reads give plaintext, writes take plaintext, and the
+//! TLS records (handshake included) move as the socket allows.
+//!
+//! It must not block and must not hide a TLS failure: a handshake refused
+//! (an untrusted certificate, say) comes back as an error whose text names
+//! the reason, so the engine can count it.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, HandshakeKind};
+
+/// How connections of one worker process open their TLS sessions.
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+/// A TLS session's failure: carried in an `io::Error` of kind
+/// `InvalidData`, whose text is rustls' reason.
+#[derive(Debug, thiserror::Error)]
+#[error("tls: {0}")]
+pub struct TlsFailure(#[from] pub rustls::Error);
+
+pub enum Transport {
+    Plain(TcpStream),
+    /// Boxed: rustls' session state is a few hundred bytes, paid only by
+    /// TLS connections.
+    Tls(Box<TlsSocket>),
+}
+
+pub struct TlsSocket {
+    tcp: TcpStream,
+    session: ClientConnection,
+}
+
+impl Transport {
+    /// Wraps a connecting socket; with `tls`, the handshake starts with the
+    /// first write or flush.
+    pub fn new(tcp: TcpStream, tls: Option<&Tls>) -> io::Result<Transport> {
+        let Some(tls) = tls else {
+            return Ok(Transport::Plain(tcp));
+        };
+        let session = ClientConnection::new(tls.config.clone(), tls.name.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, TlsFailure(e)))?;
+        Ok(Transport::Tls(Box::new(TlsSocket { tcp, session })))
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(t) => &t.tcp,
+        }
+    }
+
+    /// A plain socket that returned less than asked is drained, so
+    /// edge-triggered readiness needs no further read; a TLS session hands
+    /// out one record's plaintext at a time, so only `WouldBlock` says that.
+    pub fn short_read_may_leave_more(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// Plaintext into `buf`: `Ok(0)` at the end of the stream, `WouldBlock`
+    /// when nothing more can be had now.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.read(buf),
+            Transport::Tls(t) => t.read(buf),
+        }
+    }
+
+    /// Queues `data` (TLS: encrypts it; before the handshake is done rustls
+    /// holds it until it is) and writes what the socket takes now.
+    pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Transport::Plain(tcp) => tcp.write_all(data),
+            Transport::Tls(t) => {
+                t.session.writer().write_all(data)?;
+                t.flush()
+            }
+        }
+    }
+
+    /// Writes TLS records the socket would not take before (on writability).
+    pub fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(_) => Ok(()),
+            Transport::Tls(t) => t.flush(),
+        }
+    }
+
+    /// Whether the TLS handshake resumed a session: `None` for plain
+    /// sockets and handshakes not yet done.
+    pub fn resumed(&self) -> Option<bool> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(t) => match t.session.handshake_kind()? {
+                HandshakeKind::Resumed => Some(true),
+                HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest => Some(false),
+            },
+        }
+    }
+}
+
+impl TlsSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.session.reader().read(buf) {
+                // Ok(0): the server's close_notify.
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // UnexpectedEof: the TCP stream ended without close_notify.
+                Err(e) => return Err(e),
+            }
+            match self.session.read_tls(&mut self.tcp) {
+                // At the end of the stream rustls' reader says which end it
+                // was (close_notify or not) on the next turn.
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.flush()?;
+                    return Err(e);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.session.process_new_packets() {
+                // Send the alert that says why, if the socket takes it.
+                let _ = self.flush();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, TlsFailure(e)));
+            }
+            self.flush()?;
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while self.session.wants_write() {
+            match self.session.write_tls(&mut self.tcp) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
