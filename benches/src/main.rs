@@ -192,7 +192,12 @@ fn client_sim(server: &Server, args: &[String]) -> Result<Value, String> {
             "--timeout",
             "120",
         ])
-        .args(server.ca.iter().flat_map(|ca| [Path::new("--ca"), ca.as_path()]))
+        .args(
+            server
+                .ca
+                .iter()
+                .flat_map(|ca| [Path::new("--ca"), ca.as_path()]),
+        )
         .arg("--json")
         .arg(&json)
         .stdout(Stdio::null())

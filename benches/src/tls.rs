@@ -8,7 +8,8 @@
 //! per idle connection at N (two channels each, RSS delta / N), server CPU
 //! per delivery in the same fan-out (same message, same batching), and
 //! connections opened per second of server CPU with a full TLS handshake
-//! (client-sim `--no-resumption`) and with a resumed one (its ticket pool).
+//! (client-sim `--no-resumption`) and with a resumed one
+//! (`--resume-first-connects`).
 //! Prints ratios, writes JSON through the one results writer, and fails
 //! if any connection or delivery is missing or an idle Surge wss
 //! connection costs more than [`WSS_IDLE_BUDGET`].
@@ -79,9 +80,17 @@ fn idle(kind: &str, cert: Option<&TestCert>, resume: bool, o: &Opts) -> Result<V
     let server = start_tls(kind, &[], cert)?;
     let mut args = vec!["idle".to_string(), "--hold".into(), "1".into()];
     args.extend(common(o));
-    if !resume {
-        args.push("--no-resumption".into());
-    }
+    // Resuming: every connection after the first few (those in flight
+    // before any ticket came back) resumes with a ticket an earlier one
+    // was given, as a browser coming back would.
+    args.push(
+        if resume {
+            "--resume-first-connects"
+        } else {
+            "--no-resumption"
+        }
+        .into(),
+    );
     let r = client_sim(&server, &args)?;
     let connected = r["connected"].as_f64().unwrap_or(0.0);
     let cpu = r["server"]["cpu_seconds_ramp"].as_f64();
@@ -224,11 +233,7 @@ fn show(v: Option<f64>) -> String {
 /// The table: each metric for Surge and the baseline over ws and wss,
 /// wss/ws for each, and Surge/baseline over wss.
 fn table(results: &Value, o: &Opts) -> Vec<Value> {
-    let at = |side: &str, path: &[&str]| {
-        path.iter()
-            .fold(&results[side], |v, k| &v[*k])
-            .as_f64()
-    };
+    let at = |side: &str, path: &[&str]| path.iter().fold(&results[side], |v, k| &v[*k]).as_f64();
     let rows: [(String, [&str; 2], [&str; 2]); 5] = [
         (
             format!("user-space bytes per idle connection, N={}", o.conns),
@@ -319,7 +324,11 @@ pub fn run(o: &Opts) -> Result<(), String> {
             ratio(resumed, full)
         )
     };
-    println!("{}\n{}", handshakes("surge_wss"), handshakes("baseline_wss"));
+    println!(
+        "{}\n{}",
+        handshakes("surge_wss"),
+        handshakes("baseline_wss")
+    );
     results["table"] = json!(rows);
     let checks = checks(&results, o);
     results["checks"] = json!(checks
@@ -328,10 +337,18 @@ pub fn run(o: &Opts) -> Result<(), String> {
         .collect::<Vec<_>>());
     write_results(&o.json, &results)?;
     for c in &checks {
-        println!("{} {}: {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.shown);
+        println!(
+            "{} {}: {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.name,
+            c.shown
+        );
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
-    println!("benches tls: {} passed, {failed} failed", checks.len() - failed);
+    println!(
+        "benches tls: {} passed, {failed} failed",
+        checks.len() - failed
+    );
     if failed > 0 {
         return Err(format!("{failed} check(s) failed"));
     }

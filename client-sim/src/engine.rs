@@ -240,7 +240,7 @@ impl Engine {
             .and_then(|s| TokenKey::new(s.as_bytes()));
         let tls = match &spec.tls {
             Some(args) => Some(Tls {
-                config: tls_config::client_config(args).map_err(io::Error::other)?,
+                configs: tls_config::client_configs(args).map_err(io::Error::other)?,
                 name: tls_config::server_name(&spec.host).map_err(io::Error::other)?,
             }),
             None => None,
@@ -429,13 +429,14 @@ impl Engine {
             Some(self.spec.src_ips[self.next_src])
         };
         let now = self.now_tick();
+        let again = self.clients.get(token).is_some_and(|c| c.reconnecting);
         let result = sys_connect(self.spec.server, src).and_then(|socket| {
             self.poll.registry().register(
                 &mut SourceFd(&socket.as_raw_fd()),
                 Token(token),
                 Interest::READABLE | Interest::WRITABLE,
             )?;
-            Transport::new(socket, self.tls.as_ref())
+            Transport::new(socket, self.tls.as_ref(), again)
         });
         let Some(client) = self.clients.get_mut(token) else {
             return;

@@ -213,7 +213,7 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
     let (server, host, path, wss) = resolve(&common.url)?;
     // Refused here, once, rather than by every worker process.
     if wss {
-        crate::tls::client_config(&common.tls).map_err(|e| e.to_string())?;
+        crate::tls::client_configs(&common.tls).map_err(|e| e.to_string())?;
     }
     let ips = match &common.src_ips {
         Some(spec) => srcips::parse(spec)?,

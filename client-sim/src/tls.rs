@@ -1,7 +1,8 @@
 //! The one place client-sim's TLS client is set up, for every scenario:
 //! which server certificates to trust (`--ca FILE` or `--insecure`), the
 //! rustls configuration (ring provider, as the server uses), and session
-//! resumption (on unless `--no-resumption`).
+//! resumption (on unless `--no-resumption`): a browser's first connection
+//! pays a full handshake, its reconnections resume with a ticket.
 //!
 //! It owns configuration only. Driving a session over a non-blocking socket
 //! is `transport`'s job; the tokio scenarios hand the configuration to
@@ -38,9 +39,27 @@ pub struct TlsArgs {
     pub ca: Option<PathBuf>,
     /// For wss://: never resume a TLS session, so every connection (and
     /// every reconnection in a storm) pays a full handshake.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume_first_connects")]
     #[serde(default)]
     pub no_resumption: bool,
+    /// For wss://: first connections resume too, with tickets earlier
+    /// connections of the run were given (as if every browser had been
+    /// there before): resumed handshakes at ramp speed, for benchmarks.
+    #[arg(long)]
+    #[serde(default)]
+    pub resume_first_connects: bool,
+}
+
+/// The configurations a process's connections start their sessions from.
+/// Both share one ticket pool: what any connection is given, a
+/// reconnection can resume with, as a browser resumes with its own ticket.
+#[derive(Clone, Debug)]
+pub struct Configs {
+    /// A browser's first connection: a full handshake, unless
+    /// `--resume-first-connects`.
+    pub first: Arc<ClientConfig>,
+    /// A reconnection: resumes when a ticket is at hand.
+    pub again: Arc<ClientConfig>,
 }
 
 /// Why a TLS client could not be set up. All fatal: the run cannot start.
@@ -85,8 +104,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The client configuration for `args`: trust, resumption, ALPN `http/1.1`.
-pub fn client_config(args: &TlsArgs) -> Result<Arc<ClientConfig>, TlsError> {
+/// The client configurations for `args`: trust, resumption, ALPN `http/1.1`.
+pub fn client_configs(args: &TlsArgs) -> Result<Configs, TlsError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -102,12 +121,26 @@ pub fn client_config(args: &TlsArgs) -> Result<Arc<ClientConfig>, TlsError> {
             .with_no_client_auth()
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.resumption = if args.no_resumption {
-        Resumption::disabled()
+    if args.no_resumption {
+        config.resumption = Resumption::disabled();
+        let config = Arc::new(config);
+        return Ok(Configs {
+            first: config.clone(),
+            again: config,
+        });
+    }
+    let pool = Arc::new(TicketPool::default());
+    let mut again = config.clone();
+    again.resumption = Resumption::store(pool.clone());
+    config.resumption = if args.resume_first_connects {
+        Resumption::store(pool)
     } else {
-        Resumption::store(Arc::new(TicketPool::default()))
+        Resumption::store(Arc::new(GivenOnly(pool)))
     };
-    Ok(Arc::new(config))
+    Ok(Configs {
+        first: Arc::new(config),
+        again: Arc::new(again),
+    })
 }
 
 fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
@@ -149,10 +182,10 @@ pub fn server_name(host_port: &str) -> Result<ServerName<'static>, TlsError> {
 static TOKIO_CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
 
 /// Sets the tokio scenarios' TLS configuration for `url` (nothing for ws://).
+/// Its browsers resume whenever a ticket is at hand (a rejoin after a drop).
 pub fn install_for(url: &str, args: &TlsArgs) -> Result<(), TlsError> {
     if url.starts_with("wss://") {
-        let config = client_config(args)?;
-        let _ = TOKIO_CONFIG.set(config);
+        let _ = TOKIO_CONFIG.set(client_configs(args)?.again);
     }
     Ok(())
 }
@@ -225,7 +258,8 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// rustls' session cache with room for a ticket per simulated browser
 /// (see [`TICKETS_PER_SERVER`]); everything but TLS 1.3 tickets is left to
-/// rustls' own cache.
+/// rustls' own cache. Tickets are interchangeable (the server's, not the
+/// browser's), so one pool stands for every browser's own ticket.
 #[derive(Debug)]
 struct TicketPool {
     inner: ClientSessionMemoryCache,
@@ -288,6 +322,46 @@ impl ClientSessionStore for TicketPool {
     }
 }
 
+/// The pool as a browser's first connection sees it: it keeps what it is
+/// given, for its reconnections, but has nothing to resume with yet.
+#[derive(Debug)]
+struct GivenOnly(Arc<TicketPool>);
+
+impl ClientSessionStore for GivenOnly {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.0.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.0.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.0.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, _server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        None
+    }
+
+    fn remove_tls12_session(&self, _server_name: &ServerName<'static>) {}
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        self.0.insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        _server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,7 +385,7 @@ mod tests {
     #[test]
     fn wss_without_a_trust_choice_is_refused() {
         assert!(matches!(
-            client_config(&TlsArgs::default()),
+            client_configs(&TlsArgs::default()),
             Err(TlsError::NoTrust)
         ));
     }
@@ -325,6 +399,6 @@ mod tests {
             ca: Some(path),
             ..TlsArgs::default()
         };
-        assert!(matches!(client_config(&args), Err(TlsError::EmptyCa(_))));
+        assert!(matches!(client_configs(&args), Err(TlsError::EmptyCa(_))));
     }
 }

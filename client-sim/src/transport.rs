@@ -8,15 +8,16 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, HandshakeKind};
+use rustls::{ClientConnection, HandshakeKind};
+
+use crate::tls::Configs;
 
 /// How connections of one worker process open their TLS sessions.
 #[derive(Clone)]
 pub struct Tls {
-    pub config: Arc<ClientConfig>,
+    pub configs: Configs,
     pub name: ServerName<'static>,
 }
 
@@ -40,12 +41,18 @@ pub struct TlsSocket {
 
 impl Transport {
     /// Wraps a connecting socket; with `tls`, the handshake starts with the
-    /// first write or flush.
-    pub fn new(tcp: TcpStream, tls: Option<&Tls>) -> io::Result<Transport> {
+    /// first write or flush, resuming a session only if this is a browser
+    /// coming `again`.
+    pub fn new(tcp: TcpStream, tls: Option<&Tls>, again: bool) -> io::Result<Transport> {
         let Some(tls) = tls else {
             return Ok(Transport::Plain(tcp));
         };
-        let session = ClientConnection::new(tls.config.clone(), tls.name.clone())
+        let config = if again {
+            &tls.configs.again
+        } else {
+            &tls.configs.first
+        };
+        let session = ClientConnection::new(config.clone(), tls.name.clone())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, TlsFailure(e)))?;
         Ok(Transport::Tls(Box::new(TlsSocket { tcp, session })))
     }
