@@ -53,6 +53,22 @@ pub struct Config {
     #[arg(long, env = "SURGE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// PEM certificate chain (server certificate first) for the public
+    /// port. With --tls-key, the port speaks only TLS 1.2 and 1.3:
+    /// browsers connect to wss://HOST:PORT/ws and load the page over
+    /// https://, with no proxy in front holding buffers per connection.
+    /// Re-read on SIGHUP and POST /reload (admin port). See docs/tls.md.
+    #[arg(long, env = "SURGE_TLS_CERT")]
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert. A key that
+    /// does not match the certificate, or an expired certificate, is
+    /// refused at start.
+    #[arg(long, env = "SURGE_TLS_KEY")]
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+
     /// Publish API address for the booking backend. Loopback by default:
     /// it must never be reachable from browsers.
     #[arg(long, env = "SURGE_PUBLISH_LISTEN", default_value = "127.0.0.1:8081")]
@@ -656,6 +672,16 @@ impl Config {
             if self.redis_timeout.0 == 0 {
                 fail("--redis-timeout must be at least 1s".into());
             }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let provider = rustls::crypto::ring::default_provider();
+                if let Err(e) = crate::tls::certs::load(cert, key, &provider) {
+                    fail(format!("--tls-cert/--tls-key: {e}"));
+                }
+            }
+            (None, None) => {}
+            _ => fail("--tls-cert and --tls-key go together".into()),
         }
         for origin in &self.allowed_origins {
             let any = origin == "*";

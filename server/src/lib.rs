@@ -19,6 +19,7 @@
 //! - `config`, `units`: options, defaults and their validation; `limits`:
 //!   the fixed limits, each defined once.
 //! - `http`: the hardened HTTP stack under the publish and admin ports.
+//! - `tls`: TLS on the public port: certificates, reload, sessions.
 //! - `server`: all of it started and stopped together.
 
 pub mod admin;
@@ -33,6 +34,7 @@ pub mod limits;
 pub mod ops;
 pub mod rooms;
 pub mod server;
+pub mod tls;
 pub mod units;
 pub mod web;
 pub mod wire;

@@ -98,8 +98,11 @@ fn main() -> ExitCode {
     };
     // One line a script (or a person) can read to find the ports.
     println!(
-        "surge listening: ws://{}/ws publish=http://{}/api/publish admin=http://{}/metrics",
-        server.public_addr, server.publish_addr, server.admin_addr
+        "surge listening: {}://{}/ws publish=http://{}/api/publish admin=http://{}/metrics",
+        if server.is_tls() { "wss" } else { "ws" },
+        server.public_addr,
+        server.publish_addr,
+        server.admin_addr
     );
     // Every port is bound and every worker runs: systemd may now count us up
     // (and start whatever is ordered after us).
@@ -120,6 +123,8 @@ fn main() -> ExitCode {
             if signal == SIGHUP {
                 notifier.send("RELOADING=1");
                 reload(&mut server, &log);
+                // Logged either way; a bad pair leaves the one in use.
+                let _ = server.reload_tls();
                 notifier.ready();
                 continue;
             }

@@ -24,6 +24,7 @@ use crate::http::{BindError, Runtime, Service};
 use crate::ops::reload::Plan as ReloadPlan;
 use crate::rooms::ticker::Ticker;
 use crate::rooms::{Defaults, Rooms};
+use crate::tls::Acceptor;
 
 /// Why the server could not start. All are fatal at start.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,8 @@ pub struct Server {
     demo: Option<DemoBackend>,
     rooms: Ticker,
     stopping: Arc<AtomicBool>,
+    /// The public port's TLS, when configured: reloaded on SIGHUP.
+    tls: Option<Arc<Acceptor>>,
 }
 
 impl Server {
@@ -73,6 +76,12 @@ impl Server {
             config.token_secret = Some(format!("{a:016x}{b:016x}"));
         }
         let config = Arc::new(config);
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                Acceptor::new(cert, key).map_err(|e| StartError::Config(e.to_string()))?,
+            )),
+            _ => None,
+        };
         let public = |source| StartError::Public {
             addr: config.listen,
             source,
@@ -149,6 +158,7 @@ impl Server {
             demo: demo_front,
             addresses: Default::default(),
             rooms: rooms.clone(),
+            tls: tls.as_ref().map(|t| t.config()),
         };
         let mut workers = Vec::with_capacity(config.workers);
         for (id, ((poll, listener), inbox)) in
@@ -175,6 +185,7 @@ impl Server {
             config.admin_listen,
             metrics.clone(),
             stopping.clone(),
+            tls.clone(),
         )?;
         let demo = match demo_bookings {
             Some(rx) => Some(
@@ -198,6 +209,7 @@ impl Server {
             workers = config.workers,
             max_connections,
             echo = config.echo,
+            tls = tls.is_some(),
             engine = if config.redis.is_some() { "redis" } else { "memory" },
             "surge started"
         );
@@ -216,12 +228,25 @@ impl Server {
             demo,
             rooms: ticker,
             stopping,
+            tls,
         })
     }
 
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
         self.config.clone()
+    }
+
+    /// Whether the public port speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP): new handshakes use
+    /// them, open connections keep theirs; a bad pair is refused, logged,
+    /// and the one in use stays. `None` without TLS.
+    pub fn reload_tls(&self) -> Option<Result<String, String>> {
+        self.tls.as_ref().map(|tls| tls.reload_logged())
     }
 
     /// The broker, for the drain's commands to the workers (`ops::drain`).

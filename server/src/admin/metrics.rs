@@ -14,6 +14,7 @@ use crossbeam_utils::CachePadded;
 use crate::admin::histogram::{self, Histogram};
 use crate::channels::protocol::ErrorCode;
 use crate::channels::token::TokenError;
+use crate::tls::refusal::{TlsRefusal, HANDSHAKE_KINDS};
 use crate::wire::close;
 use crate::wire::handshake::HandshakeError;
 
@@ -53,6 +54,11 @@ pub struct WorkerMetrics {
     pub replayed: AtomicU64,
     pub token_refusals: [AtomicU64; TokenError::LABELS.len()],
     pub handshake_failures: [AtomicU64; HandshakeError::LABELS.len()],
+    /// Connections on the TLS port closed before speaking HTTP, by
+    /// [`TlsRefusal`]; always zero on a plain port.
+    pub tls_refused: [AtomicU64; TlsRefusal::LABELS.len()],
+    /// TLS handshakes completed, indexed like [`HANDSHAKE_KINDS`].
+    pub tls_handshakes: [AtomicU64; HANDSHAKE_KINDS.len()],
     /// Indexed like [`CLOSE_CODES`], plus one slot for other codes.
     pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
     /// Connections closed 1008 for sending frames past their rate.
@@ -230,6 +236,38 @@ impl Metrics {
             "counter",
             "Refused or abandoned upgrades by reason.",
             &failures,
+        );
+        let tls_refused: Vec<_> = TlsRefusal::LABELS
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    format!("{{reason=\"{l}\"}}"),
+                    self.sum(|w| &w.tls_refused[i]),
+                )
+            })
+            .collect();
+        metric(
+            "tls_refused_total",
+            "counter",
+            "Connections to the TLS port closed before any HTTP, by reason (plain HTTP, not TLS, failed or timed-out handshake).",
+            &tls_refused,
+        );
+        let tls_handshakes: Vec<_> = HANDSHAKE_KINDS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                (
+                    format!("{{kind=\"{k}\"}}"),
+                    self.sum(|w| &w.tls_handshakes[i]),
+                )
+            })
+            .collect();
+        metric(
+            "tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed: full, or resumed with a session ticket.",
+            &tls_handshakes,
         );
         let closes: Vec<_> = (0..=CLOSE_CODES.len())
             .map(|i| {

@@ -86,6 +86,7 @@ impl Worker {
         let Ok(token) = u32::try_from(entry.key()) else {
             return false;
         };
+
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&socket.as_raw_fd()),
             Token(entry.key()),
@@ -93,6 +94,16 @@ impl Worker {
         ) {
             tracing::warn!(worker = self.id, error = %e, "registering a connection failed");
             return false;
+        }
+        if let Some(tls) = self.tls.as_deref_mut() {
+            if let Err(e) = tls.start(entry.key()) {
+                tracing::warn!(worker = self.id, error = %e, "cannot start a TLS session");
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&socket.as_raw_fd()));
+                return false;
+            }
         }
         let at = self.now + self.config.handshake_timeout.0 as u32;
         let mut conn = Conn::new(socket, at);
@@ -113,7 +124,9 @@ impl Worker {
     /// the close timeout); past it the answer is written and the socket
     /// closed at once.
     fn shed(&mut self, mut socket: std::net::TcpStream, err: HandshakeError) {
-        if self.shedding < SHED_SLOTS_PER_WORKER {
+        // A 503 cannot reach a TLS client before a handshake we will not
+        // spend CPU on when full: it is closed, and counted below.
+        if self.shedding < SHED_SLOTS_PER_WORKER && self.tls.is_none() {
             let token = self.conns.vacant_entry().key();
             if self.insert(socket, 0, flag::SHED) {
                 self.shedding += 1;
@@ -123,8 +136,10 @@ impl Worker {
         }
         WorkerMetrics::add(&self.stats().handshake_failures[err.index()], 1);
         WorkerMetrics::add(&self.stats().dropped_at_accept, 1);
-        // A fresh socket's send buffer is empty: this write does not block.
-        let _ = socket.write(&refusal(&err, self.config.retry_after.0 as u32));
+        if self.tls.is_none() {
+            // A fresh socket's send buffer is empty: this write does not block.
+            let _ = socket.write(&refusal(&err, self.config.retry_after.0 as u32));
+        }
     }
 
     /// Out of descriptors with connections waiting: give up the spare
@@ -142,7 +157,9 @@ impl Worker {
                 let err = HandshakeError::AtCapacity;
                 WorkerMetrics::add(&self.stats().handshake_failures[err.index()], 1);
                 WorkerMetrics::add(&self.stats().dropped_at_accept, 1);
-                let _ = socket.write(&refusal(&err, self.config.retry_after.0 as u32));
+                if self.tls.is_none() {
+                    let _ = socket.write(&refusal(&err, self.config.retry_after.0 as u32));
+                }
                 true
             }
             _ => false,

@@ -94,6 +94,8 @@ pub struct Conn {
 pub struct Rare {
     /// Bytes of an incomplete request head or frame.
     pub inbuf: Vec<u8>,
+    /// On TLS: ciphertext of an incomplete record, read ahead of its end.
+    pub tls_in: Vec<u8>,
     /// A fragmented message being reassembled.
     pub message: Vec<u8>,
     /// How many bytes of `message` are known to be valid UTF-8.
@@ -111,7 +113,10 @@ pub struct Rare {
 
 impl Rare {
     fn is_idle(&self) -> bool {
-        self.inbuf.is_empty() && self.message.is_empty() && self.out.is_empty()
+        self.inbuf.is_empty()
+            && self.tls_in.is_empty()
+            && self.message.is_empty()
+            && self.out.is_empty()
     }
 }
 

@@ -21,6 +21,7 @@ use bytes::Bytes;
 
 use crate::admin::metrics::WorkerMetrics;
 use crate::core::conn::State;
+use crate::core::tls::deliver;
 use crate::core::worker::Worker;
 use crate::core::write::{write_or_queue, SendError};
 
@@ -69,6 +70,10 @@ impl Worker {
         WorkerMetrics::add(&stats.frames_out, self.cork.frames);
         let result = match self.conns.get_mut(token) {
             None => Ok(0),
+            Some(conn) if self.tls.is_some() => match self.tls.as_deref_mut() {
+                Some(tls) => deliver(conn, tls, token, &[&buf[..]], bound),
+                None => Ok(0),
+            },
             // The common case: nothing queued before, write from the buffer.
             Some(conn) if conn.state == State::Open && conn.unsent() == 0 => {
                 match (&conn.socket).write(&buf) {

@@ -11,6 +11,7 @@ mod rate;
 mod read;
 pub mod sys;
 pub mod timer;
+mod tls;
 mod upgrade;
 pub mod worker;
 mod write;

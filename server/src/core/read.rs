@@ -30,7 +30,7 @@ fn close_code(err: FrameError) -> u16 {
 }
 
 /// What the caller of a read step does next.
-enum Flow {
+pub(crate) enum Flow {
     /// Read again.
     More,
     /// The socket is drained for now; wait for the next edge.
@@ -58,7 +58,13 @@ impl Worker {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut rounds = 0;
         loop {
-            match self.read_once(token, &mut scratch) {
+            // A worker is all-TLS or all-plain: one predictable branch.
+            let flow = if self.tls.is_some() {
+                self.read_tls_once(token, &mut scratch)
+            } else {
+                self.read_once(token, &mut scratch)
+            };
+            match flow {
                 Flow::More if rounds + 1 < MAX_READS_PER_EVENT => rounds += 1,
                 Flow::More => {
                     self.rearm.push(mio::Token(token));
@@ -93,6 +99,23 @@ impl Worker {
             // Our last word is said; drain input until the peer closes.
             return Flow::More;
         }
+        match self.feed(token, &mut scratch[..n]) {
+            // A short read emptied the kernel buffer: epoll will report new
+            // data with a new edge, so skip the read that would only say EAGAIN.
+            Flow::Drained if n < scratch.len() => Flow::Drained,
+            Flow::Drained => Flow::More,
+            other => other,
+        }
+    }
+
+    /// Bytes from the peer (read, or decrypted by TLS) to the upgrade or
+    /// frames; an incomplete request head or frame waits in `Rare::inbuf`.
+    /// `Drained` when all was taken in, `More` when the connection is
+    /// closing (keep draining), `Stop` when it is gone.
+    pub(super) fn feed(&mut self, token: usize, bytes: &mut [u8]) -> Flow {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return Flow::Stop;
+        };
         // Bytes left from an incomplete frame go first.
         let mut pending = conn
             .rare
@@ -100,12 +123,12 @@ impl Worker {
             .map(|r| std::mem::take(&mut r.inbuf))
             .unwrap_or_default();
         let leftover = if pending.is_empty() {
-            match self.consume(token, &mut scratch[..n]) {
-                Some(used) => scratch[used..n].to_vec(),
+            match self.consume(token, bytes) {
+                Some(used) => bytes[used..].to_vec(),
                 None => return Flow::Stop,
             }
         } else {
-            pending.extend_from_slice(&scratch[..n]);
+            pending.extend_from_slice(bytes);
             match self.consume(token, &mut pending) {
                 Some(used) => {
                     pending.drain(..used);
@@ -125,13 +148,7 @@ impl Worker {
         } else {
             conn.rare().inbuf = leftover;
         }
-        // A short read emptied the kernel buffer: epoll will report new data
-        // with a new edge, so skip the read that would only say EAGAIN.
-        if n < scratch.len() {
-            Flow::Drained
-        } else {
-            Flow::More
-        }
+        Flow::Drained
     }
 
     /// Consumes what it can of `buf`; `None` when the connection stopped.

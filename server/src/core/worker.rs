@@ -28,10 +28,12 @@ use crate::core::conn::{flag, Conn, State};
 use crate::core::cork::Cork;
 use crate::core::sys;
 use crate::core::timer::TimerWheel;
+use crate::core::tls::deliver;
 use crate::core::write::{write_or_queue, SendError};
 use crate::demo::DemoFront;
 use crate::engine::SharedEngine;
 use crate::rooms::Rooms;
+use crate::tls::session::WorkerTls;
 use crate::wire::close;
 use crate::wire::frame::{encode_frame, OpCode};
 use crate::wire::handshake::HandshakeError;
@@ -68,6 +70,8 @@ pub struct WorkerContext {
     /// Connections per source address, across workers.
     pub addresses: Arc<AddressCounts>,
     pub rooms: Arc<Rooms>,
+    /// Set with `--tls-cert`/`--tls-key`: every connection speaks TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub struct Worker {
@@ -118,6 +122,9 @@ pub struct Worker {
     pub(crate) lease_gen: u16,
     /// When shutting down: the second at which we stop waiting.
     shutdown_at: Option<u32>,
+    /// The TLS sessions of this worker's connections, when the public port
+    /// speaks TLS (`core/tls.rs`); `None` costs a plain worker nothing.
+    pub(crate) tls: Option<Box<WorkerTls>>,
 }
 
 impl Worker {
@@ -135,6 +142,7 @@ impl Worker {
             demo,
             addresses,
             rooms,
+            tls,
         } = ctx;
         let start_seq = engine.start_seq();
         poll.registry()
@@ -177,6 +185,7 @@ impl Worker {
             expiries_checked: 0,
             lease_gen: 0,
             shutdown_at: None,
+            tls: tls.map(|config| Box::new(WorkerTls::new(config))),
         })
     }
 
@@ -332,7 +341,11 @@ impl Worker {
                 let Some(conn) = self.conns.get_mut(token as usize) else {
                     continue;
                 };
-                match write_or_queue(conn, frames, &slices, bound) {
+                let result = match self.tls.as_deref_mut() {
+                    None => write_or_queue(conn, frames, &slices, bound),
+                    Some(tls) => deliver(conn, tls, token as usize, frames, bound),
+                };
+                match result {
                     Ok(n) => written += n as u64,
                     Err(e) => failed.push((token, e)),
                 }
@@ -346,6 +359,9 @@ impl Worker {
         }
         for (token, err) in failed {
             self.on_send_error(token as usize, err);
+        }
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.out.trim();
         }
         // Per publication, never per subscriber: the hot loop above pays nothing.
         let done = Instant::now();
@@ -442,7 +458,11 @@ impl Worker {
             return;
         };
         match conn.state {
-            State::Handshake => self.refuse(token, HandshakeError::Timeout),
+            State::Handshake => {
+                if !self.tls_handshake_timed_out(token) {
+                    self.refuse(token, HandshakeError::Timeout);
+                }
+            }
             State::Closing => self.close_now(token),
             State::Open if conn.has(flag::AWAIT_PONG) => {
                 self.close_with(token, close::NO_PONG, "no pong");

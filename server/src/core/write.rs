@@ -16,6 +16,7 @@ use mio::unix::SourceFd;
 
 use crate::admin::metrics::WorkerMetrics;
 use crate::core::conn::{flag, Conn, State};
+use crate::core::tls::deliver;
 use crate::core::worker::Worker;
 use crate::wire::close;
 use crate::wire::frame::close_frame;
@@ -33,7 +34,7 @@ const IOV_BATCH: usize = 64;
 pub const FRAME_OVERHEAD: usize = size_of::<Bytes>() + 32;
 
 /// What `frame` costs while queued.
-fn cost(frame: &[u8]) -> usize {
+pub(crate) fn cost(frame: &[u8]) -> usize {
     frame.len() + FRAME_OVERHEAD
 }
 
@@ -118,6 +119,30 @@ pub fn write_or_queue(
     Ok(0)
 }
 
+/// Writes bytes from a worker buffer (a TLS connection's sealed records)
+/// now if nothing is queued before them, queueing a copy of what the socket
+/// did not take, after whatever is queued already. The bytes are queued even
+/// past `bound` (sealed records must all go, in order); `TooSlow` then says
+/// the connection is to be closed.
+pub(crate) fn write_bytes(conn: &mut Conn, bytes: &[u8], bound: usize) -> Result<usize, SendError> {
+    let mut written = 0;
+    if conn.unsent() == 0 {
+        written = match (&conn.socket).write(bytes) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(SendError::Broken(e)),
+        };
+    }
+    if written < bytes.len() {
+        queue(conn, Bytes::copy_from_slice(&bytes[written..]));
+        if conn.unsent() > bound {
+            return Err(SendError::TooSlow);
+        }
+    }
+    Ok(written)
+}
+
 fn queue(conn: &mut Conn, frame: Bytes) {
     let rare = conn.rare();
     rare.out_len += cost(&frame);
@@ -181,8 +206,14 @@ impl Worker {
                 return;
             };
             let before = conn.unsent();
-            let slices: Vec<IoSlice<'_>> = batch.iter().map(|f| IoSlice::new(f)).collect();
-            match write_or_queue(conn, batch, &slices, usize::MAX) {
+            let result = match self.tls.as_deref_mut() {
+                None => {
+                    let slices: Vec<IoSlice<'_>> = batch.iter().map(|f| IoSlice::new(f)).collect();
+                    write_or_queue(conn, batch, &slices, usize::MAX)
+                }
+                Some(tls) => deliver(conn, tls, token, batch, usize::MAX),
+            };
+            match result {
                 Ok(n) => {
                     let queued = conn.unsent().saturating_sub(before);
                     if queued > 0 {
@@ -207,12 +238,16 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        match write_or_queue(
-            conn,
-            std::slice::from_ref(&frame),
-            &[IoSlice::new(&frame)],
-            bound,
-        ) {
+        let result = match self.tls.as_deref_mut() {
+            None => write_or_queue(
+                conn,
+                std::slice::from_ref(&frame),
+                &[IoSlice::new(&frame)],
+                bound,
+            ),
+            Some(tls) => deliver(conn, tls, token, std::slice::from_ref(&frame), bound),
+        };
+        match result {
             Ok(n) => {
                 let stats = &self.metrics.workers[self.id];
                 WorkerMetrics::add(&stats.frames_out, 1);
@@ -226,7 +261,10 @@ impl Worker {
         match err {
             SendError::TooSlow => {
                 WorkerMetrics::add(&self.stats().slow_closes, 1);
-                if let Some(conn) = self.conns.get_mut(token) {
+                // A TLS queue is sealed records: dropping one would break
+                // the stream, so it is sent whole (it is within the bound).
+                let plain = self.tls.is_none();
+                if let Some(conn) = self.conns.get_mut(token).filter(|_| plain) {
                     // Nobody waits for a slow reader: drop what it has not
                     // started reading (it recovers on reconnect), keep the
                     // frame already half written so the stream stays valid,
@@ -310,8 +348,15 @@ impl Worker {
         if let Some(rare) = conn.rare.as_mut() {
             rare.inbuf = Vec::new();
             rare.message = Vec::new();
+            rare.tls_in = Vec::new();
         }
         self.uncount(token);
+        // On TLS, the last bytes and close_notify, sealed.
+        let last = match self.seal_last(token, &last) {
+            None => last,
+            Some(Some(sealed)) => sealed,
+            Some(None) => return self.close_now(token),
+        };
         if let Some(conn) = self.conns.get_mut(token) {
             queue(conn, last);
             WorkerMetrics::add(&self.metrics.workers[self.id].frames_out, 1);
@@ -348,6 +393,9 @@ impl Worker {
         self.index.unsubscribe_all(&mut self.conns, token as u32);
         self.leave_rooms(token);
         self.uncount(token);
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.end(token);
+        }
         if let Some(conn) = self.conns.try_remove(token) {
             if conn.has(flag::SHED) {
                 self.shedding -= 1;
