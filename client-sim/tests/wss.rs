@@ -225,3 +225,40 @@ fn wss_without_ca_or_insecure_is_refused_before_connecting() {
         "{stderr}"
     );
 }
+
+#[test]
+fn queue_over_wss_admits_everyone_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = testcert::write(dir.path(), "").unwrap();
+    let server = tls_server(&cert);
+    let json = dir.path().join("queue.json");
+    // The queue scenario's browsers are tokio-tungstenite over rustls.
+    let out = Command::new(BIN)
+        .arg("queue")
+        .args(["--url", &format!("wss://{}/ws", server.public_addr)])
+        .args(["--ca", cert.ca.to_str().expect("utf-8 path")])
+        .args(["--api", &format!("http://{}", server.publish_addr)])
+        .args(["--admin", &format!("http://{}", server.admin_addr)])
+        .args(["--users", "200", "--admit-per-minute", "30000"])
+        .args(["--opens-in", "1", "--rejoin", "0.2"])
+        .args(["--json", json.to_str().expect("utf-8 path")])
+        .output()
+        .expect("client-sim runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for (field, expected) in [
+        ("admitted", 200),
+        ("order_violations", 0),
+        ("duplicates", 0),
+        ("tickets_lost_on_rejoin", 0),
+        ("failed", 0),
+    ] {
+        assert_eq!(report[field], expected, "{field} in {report}");
+    }
+    server.shutdown();
+}
