@@ -126,6 +126,9 @@ impl Server {
             }
         };
         let _ = metrics.engine.set(engine.clone());
+        if let Some(tls) = &tls {
+            let _ = metrics.tls.set(tls.clone());
+        }
 
         let (demo_front, demo_bookings) = match config.token_secret.as_ref().filter(|_| config.demo)
         {

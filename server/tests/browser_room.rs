@@ -5,65 +5,23 @@
 //! tokio-tungstenite browsers. A screenshot of the waiting room is saved to
 //! target/browser-test/room.png.
 //!
-//! Needs Debian's chromium and chromium-driver (.ci/run installs them);
-//! skipped with a message elsewhere.
+//! Needs Chromium; common/webdriver.rs says how it is found and skipped.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "common/webdriver.rs"]
+mod webdriver;
+use webdriver::{attr, eventually, free_port, Browser, Killed};
+
 const BIN: &str = env!("CARGO_BIN_EXE_surge");
 const SECRET: &str = "browser-room-shared-secret-01";
-/// Bound on every wait; polls, never sleeps-and-hopes.
-const WAIT: Duration = Duration::from_secs(40);
 const TICKET_KEY: &str = "surge.ticket.demo-sale";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A child process killed when dropped (the server, chromedriver).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn attr(c: &Client, css: &str, name: &str) -> Option<String> {
-    c.find(Locator::Css(css))
-        .await
-        .ok()?
-        .attr(name)
-        .await
-        .ok()?
-}
 
 async fn stored_ticket(c: &Client) -> Option<String> {
     let v = c
@@ -94,15 +52,10 @@ async fn another_browser(port: u16) -> Ws {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_sale_waits_in_line_keeps_the_place_on_reload_then_books() {
-    let (chromium, chromedriver) = (
-        Path::new("/usr/bin/chromium"),
-        Path::new("/usr/bin/chromedriver"),
-    );
-    if !chromium.exists() || !chromedriver.exists() {
-        println!("skipped: install Debian's chromium and chromium-driver to run the browser test");
+    let Some(browser) = Browser::start().await else {
         return;
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    };
+    let c = &browser.client;
     let port = free_port();
     let mut child = Command::new(BIN)
         .args(["--demo", "--demo-sale-in", "2s", "--listen"])
@@ -122,37 +75,6 @@ async fn demo_sale_waits_in_line_keeps_the_place_on_reload_then_books() {
         .read_line(&mut line)
         .expect("address line");
     let _server = Killed(child);
-    let driver_port = free_port();
-    let _driver = Killed(
-        Command::new(chromedriver)
-            .arg(format!("--port={driver_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver"),
-    );
-    let profile = std::env::temp_dir().join(format!("surge-room-{}", std::process::id()));
-    let caps = serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                     "--disable-background-networking", "--window-size=1000,900",
-                     format!("--user-data-dir={}", profile.display())]
-        }
-    });
-    let caps = caps.as_object().cloned().expect("capabilities object");
-    let c = eventually("chromedriver", || {
-        let caps = caps.clone();
-        async move {
-            ClientBuilder::rustls()
-                .ok()?
-                .capabilities(caps)
-                .connect(&format!("http://127.0.0.1:{driver_port}"))
-                .await
-                .ok()
-        }
-    })
-    .await;
 
     // After the opening, three others join first: the page is behind them
     // (30 admissions a minute, one every two seconds).
@@ -164,11 +86,11 @@ async fn demo_sale_waits_in_line_keeps_the_place_on_reload_then_books() {
     }
     c.goto(&page).await.expect("page loads");
     let first: u64 = eventually("a position in line", || async {
-        attr(&c, "#room", "data-position").await?.parse().ok()
+        attr(c, "#room", "data-position").await?.parse().ok()
     })
     .await;
     assert!(first >= 1, "{first}");
-    let ticket = stored_ticket(&c).await.expect("the ticket is kept");
+    let ticket = stored_ticket(c).await.expect("the ticket is kept");
     assert!(
         c.find(Locator::Css("#board"))
             .await
@@ -179,29 +101,23 @@ async fn demo_sale_waits_in_line_keeps_the_place_on_reload_then_books() {
             == Some(false),
         "the board waits behind the room"
     );
-    let png = c.screenshot().await.expect("screenshot");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-test");
-    std::fs::create_dir_all(&dir).expect("artifact dir");
-    std::fs::write(dir.join("room.png"), png).expect("screenshot saved");
+    webdriver::screenshot(c, "room.png").await;
 
     // A reload keeps the ticket, and the place: never further back.
     c.goto(&page).await.expect("reload");
     let again = eventually("the position after the reload", || async {
-        if attr(&c, "#room", "data-admitted").await.as_deref() == Some("true") {
+        if attr(c, "#room", "data-admitted").await.as_deref() == Some("true") {
             return Some(0);
         }
-        attr(&c, "#room", "data-position")
-            .await?
-            .parse::<u64>()
-            .ok()
+        attr(c, "#room", "data-position").await?.parse::<u64>().ok()
     })
     .await;
     assert!(again <= first, "position {again} after reload, was {first}");
-    assert_eq!(stored_ticket(&c).await.as_deref(), Some(ticket.as_str()));
+    assert_eq!(stored_ticket(c).await.as_deref(), Some(ticket.as_str()));
 
     // Admitted: the board appears, and a booking with the admission is confirmed.
     eventually("admission", || async {
-        attr(&c, "#room", "data-admitted")
+        attr(c, "#room", "data-admitted")
             .await
             .filter(|a| a == "true")
     })
@@ -223,13 +139,12 @@ async fn demo_sale_waits_in_line_keeps_the_place_on_reload_then_books() {
     .await;
     open.click().await.expect("click a slot");
     let kind = eventually("the booking banner", || async {
-        attr(&c, "#banner", "data-kind")
+        attr(c, "#banner", "data-kind")
             .await
             .filter(|k| k == "confirmed" || k == "rejected")
     })
     .await;
     assert_eq!(kind, "confirmed", "an admitted visitor books");
     drop(others);
-    c.close().await.expect("close browser");
-    let _ = std::fs::remove_dir_all(profile);
+    browser.close().await;
 }

@@ -100,7 +100,7 @@ async fn a_wss_reader_that_falls_behind_gets_every_byte_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_12_and_13_both_serve_websockets() {
+async fn tls_12_and_13_with_aes_gcm_or_chacha20_all_serve_websockets() {
     let ca = Ca::new("versions CA");
     let files = Files::new("versions");
     files.write(&ca.leaf("surge"));
@@ -109,16 +109,25 @@ async fn tls_12_and_13_both_serve_websockets() {
         (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
         (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
     ] {
-        let client = client_for(&[&ca], Some(version));
-        let mut ws = connect_wss(&server, &client, "?ch=v").await;
-        assert_eq!(tls_of(&ws).protocol_version(), Some(name));
-        assert_eq!(tls_of(&ws).alpn_protocol(), Some(&b"http/1.1"[..]));
-        let ack = next_json(&mut ws).await;
-        assert_eq!(ack["op"], "subscribed", "{ack}");
-        publish_async(&server, "v", r#""hello""#).await;
-        assert_eq!(next_json(&mut ws).await["data"], "hello");
+        for suite in ["AES_128_GCM", "AES_256_GCM", "CHACHA20"] {
+            let client = client_for(&[&ca], Some(version), suite);
+            let mut ws = connect_wss(&server, &client, "").await;
+            let negotiated = tls_of(&ws).negotiated_cipher_suite().expect("suite");
+            assert!(format!("{:?}", negotiated.suite()).contains(suite));
+            assert_eq!(tls_of(&ws).protocol_version(), Some(name));
+            echo_round_trip(&server, &mut ws, &format!("{suite}-{name:?}")).await;
+        }
     }
     server.shutdown();
+}
+
+/// Both directions of an established wss:// connection: a command up and
+/// its reply down, then a publication down.
+async fn echo_round_trip(server: &surge::Server, ws: &mut Ws, channel: &str) {
+    assert_eq!(tls_of(ws).alpn_protocol(), Some(&b"http/1.1"[..]));
+    subscribe(ws, channel).await;
+    publish_async(server, channel, r#""hello""#).await;
+    assert_eq!(next_json(ws).await["data"], "hello");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,6 +138,11 @@ async fn a_reconnect_with_the_same_client_resumes_its_tls_session() {
     let server = start_tls(&files, &[]);
     let client = ca.client();
     let mut first = connect_wss(&server, &client, "?ch=r").await;
+    // rustls' client lists AES-256 first; the server's own order wins.
+    assert_eq!(
+        tls_of(&first).negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
     assert_eq!(
         tls_of(&first).handshake_kind(),
         Some(rustls::HandshakeKind::Full)
@@ -163,5 +177,140 @@ async fn a_reconnect_with_the_same_client_resumes_its_tls_session() {
             other => panic!("unclean end over TLS: {other:?}"),
         }
     }
+    server.shutdown();
+}
+
+/// Everything the server sends a raw socket until it closes it.
+fn read_until_closed(mut s: std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server did not close ({e}); got {out:?}"),
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_and_garbage_on_the_tls_port_are_refused_while_wss_keeps_flowing() {
+    use std::io::Write;
+    let ca = Ca::new("refusal CA");
+    let files = Files::new("refusal");
+    files.write(&ca.leaf("surge"));
+    let server = start_tls(&files, &["--handshake-timeout", "1s"]);
+    let mut ws = connect_wss(&server, &ca.client(), "?ch=live").await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+
+    // ws:// or http:// to the TLS port: told so in clear text, as nginx does.
+    let addr = server.public_addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        raw_http(
+            addr,
+            b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\r\n",
+        )
+    })
+    .await
+    .expect("plain request");
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("This port speaks TLS"), "{answer}");
+    publish_async(&server, "live", "1").await;
+    assert_eq!(next_json(&mut ws).await["data"], 1);
+
+    // Bytes that are no protocol at all: a TLS alert at most, then the end.
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut s = raw(addr);
+        s.write_all(b"\x00\x01\x02\x03 not a record\r\n\r\n")
+            .expect("write");
+        read_until_closed(s)
+    })
+    .await
+    .expect("garbage");
+    assert!(
+        seen.is_empty() || seen[0] == 21,
+        "expected a TLS alert or nothing, got {seen:?}"
+    );
+    publish_async(&server, "live", "2").await;
+    assert_eq!(next_json(&mut ws).await["data"], 2);
+
+    // A TLS client that stops halfway through its hello: closed at the
+    // handshake deadline, with nothing said in clear text.
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut s = raw(addr);
+        s.write_all(&[22, 3, 1, 0, 200, 1, 0, 0]).expect("write");
+        read_until_closed(s)
+    })
+    .await
+    .expect("stalled hello");
+    assert!(seen.is_empty(), "{seen:?}");
+    publish_async(&server, "live", "3").await;
+    assert_eq!(next_json(&mut ws).await["data"], 3);
+
+    for (reason, count) in [("plain_http", 1), ("not_tls", 1), ("handshake_timeout", 1)] {
+        let series = format!("surge_tls_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&server, &series), count, "{series}");
+    }
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_assets_are_served_over_https() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new("page CA");
+    let files = Files::new("page");
+    files.write(&ca.leaf("surge"));
+    let server = start_tls(&files, &[]);
+    let connector = tokio_rustls::TlsConnector::from(ca.client());
+    let tcp = tokio::net::TcpStream::connect(server.public_addr)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(b"GET /surge.js HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, tls.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("clean end (close_notify) after the answer");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("text/javascript"), "{text}");
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_key_update_ends_only_its_own_connection() {
+    let ca = Ca::new("key update CA");
+    let files = Files::new("keyupdate");
+    files.write(&ca.leaf("surge"));
+    let server = start_tls(&files, &[]);
+    let mut other = connect_wss(&server, &ca.client(), "?ch=k").await;
+    assert_eq!(next_json(&mut other).await["op"], "subscribed");
+    let mut ws = connect_wss(&server, &ca.client(), "?ch=k").await;
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    match ws.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Rustls(s) => s
+            .get_mut()
+            .1
+            .refresh_traffic_keys()
+            .expect("key update queued"),
+        _ => panic!("not TLS"),
+    }
+    // The KeyUpdate goes out with the next record; the server does not
+    // follow it (docs/tls.md) and ends this connection, which ends.
+    send_text(&mut ws, r#"{"op":"sub","ch":"k2"}"#).await;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("an end in time")
+        {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+    publish_async(&server, "k", "7").await;
+    assert_eq!(next_json(&mut other).await["data"], 7);
     server.shutdown();
 }

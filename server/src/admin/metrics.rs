@@ -129,6 +129,8 @@ pub struct Metrics {
     pub engine: std::sync::OnceLock<crate::engine::SharedEngine>,
     /// The waiting rooms, for their per-room series (set once at start).
     pub rooms: std::sync::OnceLock<std::sync::Arc<crate::rooms::Rooms>>,
+    /// The public port's TLS, when configured: its certificate's expiry.
+    pub tls: std::sync::OnceLock<std::sync::Arc<crate::tls::Acceptor>>,
 }
 
 impl Metrics {
@@ -153,6 +155,7 @@ impl Metrics {
             max_connections,
             engine: std::sync::OnceLock::new(),
             rooms: std::sync::OnceLock::new(),
+            tls: std::sync::OnceLock::new(),
         }
     }
 
@@ -268,6 +271,13 @@ impl Metrics {
             "counter",
             "TLS handshakes completed: full, or resumed with a session ticket.",
             &tls_handshakes,
+        );
+        let expiry = self.tls.get().map_or(0, |tls| tls.not_after());
+        metric(
+            "tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When the certificate new handshakes get expires (Unix time); 0 without TLS.",
+            &one(u64::try_from(expiry).unwrap_or(0)),
         );
         let closes: Vec<_> = (0..=CLOSE_CODES.len())
             .map(|i| {

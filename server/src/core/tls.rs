@@ -126,8 +126,8 @@ impl Worker {
                 return Flow::Stop;
             }
         };
-        if handshaking && !tls.is_handshaking(token) {
-            let resumed = tls.handshake_kind(token) == Some(rustls::HandshakeKind::Resumed);
+        if let Some(kind) = opened.completed {
+            let resumed = kind == rustls::HandshakeKind::Resumed;
             WorkerMetrics::add(&self.stats().tls_handshakes[usize::from(resumed)], 1);
         }
         // Handshake records go out before any answer to what was decrypted.

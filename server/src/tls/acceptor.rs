@@ -9,6 +9,7 @@
 //! drive the sessions (`session.rs`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
@@ -27,6 +28,27 @@ const ALPN_HTTP_11: &[u8] = b"http/1.1";
 /// come back after a drop, and each ticket costs an encryption and ~200
 /// bytes on every handshake of a reconnect storm.
 const TLS13_TICKETS: usize = 1;
+
+/// Cipher suites in the order the server picks them, whatever order a
+/// client lists them in. AES-128-GCM first: its SHA-256 key schedule runs on
+/// the CPU's SHA extensions, while SHA-384's (AES-256-GCM, first in rustls'
+/// own client order) cost 13% of the server's CPU in a handshake storm
+/// (tls-clients' perf profile, 2026-11-25); record keys cost the same
+/// memory for all three. ChaCha20 next, for clients without AES hardware.
+const SUITES: [rustls::SupportedCipherSuite; 9] = {
+    use rustls::crypto::ring::cipher_suite::*;
+    [
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ]
+};
 
 /// The pair new handshakes get. A read lock per handshake is nothing next to
 /// the handshake's own signature; a reload takes the write lock once.
@@ -50,13 +72,17 @@ pub struct Acceptor {
     provider: Arc<CryptoProvider>,
     cert_path: PathBuf,
     key_path: PathBuf,
+    /// When the pair in use expires (Unix seconds), for /metrics.
+    not_after: AtomicI64,
 }
 
 impl Acceptor {
     /// Loads and checks the pair and builds the configuration.
     pub fn new(cert_path: &Path, key_path: &Path) -> Result<Acceptor, CertError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let Loaded { key, .. } = certs::load(cert_path, key_path, &provider)?;
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites = SUITES.to_vec();
+        let provider = Arc::new(provider);
+        let Loaded { key, validity } = certs::load(cert_path, key_path, &provider)?;
         let pair = Arc::new(CurrentPair(RwLock::new(key)));
         let setup = |e: rustls::Error| CertError::Setup(e.to_string());
         let mut config = ServerConfig::builder_with_provider(provider.clone())
@@ -65,18 +91,28 @@ impl Acceptor {
             .with_no_client_auth()
             .with_cert_resolver(pair.clone());
         config.alpn_protocols = vec![ALPN_HTTP_11.to_vec()];
+        config.ignore_client_order = true;
         // Stateless tickets under keys that rotate (every 6 hours, the
         // previous key still accepted): resumption costs the server no
         // memory per browser, and a stolen key opens few sessions.
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(setup)?;
         config.send_tls13_tickets = TLS13_TICKETS;
+        // After the handshake only the record keys are kept (`records.rs`):
+        // rustls hands them over through its kernel-connection API.
+        config.enable_secret_extraction = true;
         Ok(Acceptor {
             config: Arc::new(config),
             pair,
             provider,
             cert_path: cert_path.to_path_buf(),
             key_path: key_path.to_path_buf(),
+            not_after: AtomicI64::new(validity.not_after),
         })
+    }
+
+    /// When the certificate new handshakes get expires, in Unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(Ordering::Relaxed)
     }
 
     /// The configuration new sessions are made from.
@@ -95,6 +131,7 @@ impl Acceptor {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         *pair = key;
+        self.not_after.store(validity.not_after, Ordering::Relaxed);
         Ok(validity)
     }
 

@@ -7,6 +7,7 @@
 
 pub mod acceptor;
 pub mod certs;
+pub mod records;
 pub mod refusal;
 pub mod session;
 pub mod validity;

@@ -5,27 +5,20 @@
 //!
 //! Sessions sit beside the slab, indexed by the same key, and exist only on
 //! a worker whose listener speaks TLS: a plain `Conn` stays 48 bytes and
-//! pays nothing. A session is rustls' unbuffered connection, so between
-//! events it holds its keys and state machine but no buffer: ciphertext
-//! out and plaintext in go through the two per-worker buffers here.
+//! pays nothing. During the handshake a session is rustls' unbuffered
+//! connection; once the handshake is done only its record keys stay
+//! (`records.rs`). Neither holds a buffer between events: ciphertext out
+//! and plaintext in go through the two per-worker buffers here.
 //!
 //! It must not touch sockets or connection state; `core/tls.rs` does.
 
 use std::sync::Arc;
 
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic,
-};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{HandshakeKind, ServerConfig};
 
-/// What a sealed record adds to its plaintext at most: a 5-byte header,
-/// TLS 1.3's content-type byte and 16-byte tag, or TLS 1.2's 8-byte
-/// explicit nonce and tag; rounded up. Only sizes the first try: rustls
-/// says what it needs if that is short.
-const RECORD_OVERHEAD: usize = 64;
-/// Largest plaintext in one record (RFC 8446 section 5.1).
-const MAX_FRAGMENT: usize = 16 * 1024;
+use crate::tls::records::{Traffic, MAX_FRAGMENT};
 /// Ciphertext buffer a worker keeps between events. A burst sealed for one
 /// subscriber may grow it further; it is given back after that event.
 const OUT_KEEP: usize = 256 * 1024;
@@ -41,6 +34,15 @@ pub enum TlsError {
     /// This side cannot encrypt any more (the key's record limit).
     #[error("TLS: cannot encrypt: {0}")]
     Encrypt(String),
+    /// A record that is not what an established connection may receive.
+    #[error("TLS: {0}")]
+    BadRecord(&'static str),
+    /// The peer sent a fatal alert (its description code).
+    #[error("TLS: the peer sent alert {0}")]
+    Alert(u8),
+    /// A TLS 1.3 KeyUpdate from the peer: not followed (see `records.rs`).
+    #[error("TLS: the peer renewed its keys; the connection is closed for it to reconnect")]
+    KeyUpdate,
     /// Application data cannot go out yet (handshake not done) or any more
     /// (closed); or there is no session for this connection.
     #[error("TLS: session not ready for application data")]
@@ -54,6 +56,8 @@ pub struct Opened {
     pub consumed: usize,
     /// The peer sent `close_notify`: nothing more will come.
     pub peer_closed: bool,
+    /// The handshake finished during this call, full or resumed.
+    pub completed: Option<HandshakeKind>,
 }
 
 /// Bytes accumulated for one write, in a buffer that only grows (its spare
@@ -80,6 +84,12 @@ impl OutBuf {
             self.buf = Vec::new();
             self.used = 0;
         }
+    }
+
+    /// Appends `bytes`.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.spare(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        self.used += bytes.len();
     }
 
     /// The spare part, at least `need` bytes long.
@@ -113,13 +123,24 @@ impl OutBuf {
     }
 }
 
+/// One connection's TLS state.
+enum Session {
+    /// rustls drives the handshake. About 2.5 KB while it lasts (the
+    /// connection, its state machine, handshake hashes), given back at once
+    /// after it.
+    Handshake(Box<UnbufferedServerConnection>),
+    /// Established: the two record keys and their sequence numbers. At a
+    /// million idle connections: keys 1.1 GB (ring's AES-GCM key schedule
+    /// and GHASH table, ~540 bytes per direction), the rest 0.1 GB.
+    Traffic(Box<Traffic>),
+}
+
 /// A worker's TLS state: the shared configuration, one session per TLS
 /// connection, and the two buffers every session uses in turn.
 pub struct WorkerTls {
     config: Arc<ServerConfig>,
-    /// Indexed by slab key. Each is boxed so that a slot costs 8 bytes
-    /// while unused; see `core/conn.rs` for what a session costs.
-    sessions: Vec<Option<Box<UnbufferedServerConnection>>>,
+    /// Indexed by slab key: 16 bytes per slot, whether used or not.
+    sessions: Vec<Option<Session>>,
     /// Ciphertext to write: handshake records or sealed frames.
     pub out: OutBuf,
     /// Plaintext decrypted by [`WorkerTls::open`], for the frame parser.
@@ -142,11 +163,11 @@ impl WorkerTls {
         if self.sessions.len() <= token {
             self.sessions.resize_with(token + 1, || None);
         }
-        self.sessions[token] = Some(Box::new(session));
+        self.sessions[token] = Some(Session::Handshake(Box::new(session)));
         Ok(())
     }
 
-    /// Forgets a connection's session (its keys are zeroed as it drops).
+    /// Forgets a connection's session (its keys are zeroed as they drop).
     pub fn end(&mut self, token: usize) {
         if let Some(slot) = self.sessions.get_mut(token) {
             *slot = None;
@@ -157,21 +178,12 @@ impl WorkerTls {
     /// TLS port has had its session dropped, so its refusal goes out in
     /// clear text.
     pub fn has(&self, token: usize) -> bool {
-        self.session_ref(token).is_some()
+        matches!(self.sessions.get(token), Some(Some(_)))
     }
 
     /// Whether the TLS handshake of `token` is still going on.
     pub fn is_handshaking(&self, token: usize) -> bool {
-        self.session_ref(token).is_some_and(|s| s.is_handshaking())
-    }
-
-    /// Full or resumed, once the handshake is done.
-    pub fn handshake_kind(&self, token: usize) -> Option<HandshakeKind> {
-        self.session_ref(token).and_then(|s| s.handshake_kind())
-    }
-
-    fn session_ref(&self, token: usize) -> Option<&UnbufferedServerConnection> {
-        self.sessions.get(token).and_then(|s| s.as_deref())
+        matches!(self.sessions.get(token), Some(Some(Session::Handshake(_))))
     }
 
     /// Processes the records in `incoming`: handshake answers go to `out`,
@@ -183,53 +195,43 @@ impl WorkerTls {
             plain,
             ..
         } = self;
-        let session = sessions
-            .get_mut(token)
-            .and_then(|s| s.as_deref_mut())
-            .ok_or(TlsError::NotReady)?;
-        let mut start = 0;
-        let mut peer_closed = false;
-        loop {
-            let UnbufferedStatus { mut discard, state } =
-                session.process_tls_records(&mut incoming[start..]);
-            let mut done = false;
-            match state? {
-                ConnectionState::ReadTraffic(mut traffic) => {
-                    while let Some(record) = traffic.next_record() {
-                        let record = record?;
-                        discard += record.discard;
-                        plain.extend_from_slice(record.payload);
+        let slot = sessions.get_mut(token).ok_or(TlsError::NotReady)?;
+        match slot {
+            None => Err(TlsError::NotReady),
+            Some(Session::Traffic(traffic)) => {
+                let opened = traffic.open(incoming, plain)?;
+                Ok(Opened {
+                    consumed: opened.consumed,
+                    peer_closed: opened.peer_closed,
+                    completed: None,
+                })
+            }
+            Some(Session::Handshake(session)) => {
+                let mut opened = handshake(session, incoming, out, plain)?;
+                if !session.is_handshaking() {
+                    opened.completed = session.handshake_kind();
+                    if let Some(Session::Handshake(session)) = slot.take() {
+                        *slot = Some(Session::Traffic(Box::new(established(*session)?)));
+                    }
+                    // Records that came right behind the client's Finished.
+                    if !opened.peer_closed {
+                        if let Some(Session::Traffic(traffic)) = slot {
+                            let more = traffic.open(&mut incoming[opened.consumed..], plain)?;
+                            opened.consumed += more.consumed;
+                            opened.peer_closed = more.peer_closed;
+                        }
                     }
                 }
-                ConnectionState::EncodeTlsData(mut encode) => out
-                    .append(MAX_FRAGMENT, |buf| encode.encode(buf), encode_needs)
-                    .map_err(|e| TlsError::Encrypt(e.to_string()))?,
-                // The caller writes `out` before anything else goes out.
-                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
-                ConnectionState::PeerClosed | ConnectionState::Closed => {
-                    peer_closed = true;
-                    done = true;
-                }
-                // Waiting for more bytes, handshaking or not. Early data is
-                // never accepted (`max_early_data_size` stays 0), so no
-                // other state can come from input.
-                _ => done = true,
-            }
-            start += discard;
-            if done {
-                return Ok(Opened {
-                    consumed: start,
-                    peer_closed,
-                });
+                Ok(opened)
             }
         }
     }
 
-    /// After [`WorkerTls::open`] failed: the fatal alert rustls prepared,
-    /// if any, is put in `out` so the peer learns why before the close.
+    /// After [`WorkerTls::open`] failed in the handshake: the fatal alert
+    /// rustls prepared, if any, is put in `out` so the peer learns why.
     pub fn alert(&mut self, token: usize) {
         let WorkerTls { sessions, out, .. } = self;
-        let Some(session) = sessions.get_mut(token).and_then(|s| s.as_deref_mut()) else {
+        let Some(Some(Session::Handshake(session))) = sessions.get_mut(token) else {
             return;
         };
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) =
@@ -239,8 +241,9 @@ impl WorkerTls {
         }
     }
 
-    /// Encrypts `frames` into `out`, one record per frame (split at 16 KiB),
-    /// without copying them first; with `close`, then `close_notify`.
+    /// Encrypts `frames` into `out` straight from the shared frames (no
+    /// copy first), in as few records as 16 KiB allows; with `close`, then
+    /// `close_notify`. `NotReady` while the handshake is going on.
     pub fn seal<F: AsRef<[u8]>>(
         &mut self,
         token: usize,
@@ -248,59 +251,71 @@ impl WorkerTls {
         close: bool,
     ) -> Result<(), TlsError> {
         let WorkerTls { sessions, out, .. } = self;
-        let session = sessions
-            .get_mut(token)
-            .and_then(|s| s.as_deref_mut())
-            .ok_or(TlsError::NotReady)?;
-        if session.is_handshaking() {
+        let Some(Some(Session::Traffic(traffic))) = sessions.get_mut(token) else {
             return Err(TlsError::NotReady);
-        }
-        loop {
-            match session.process_tls_records(&mut []).state? {
-                ConnectionState::EncodeTlsData(mut encode) => out
-                    .append(MAX_FRAGMENT, |buf| encode.encode(buf), encode_needs)
-                    .map_err(|e| TlsError::Encrypt(e.to_string()))?,
-                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    for frame in frames {
-                        encrypt(&mut traffic, frame.as_ref(), out)?;
-                    }
-                    if close {
-                        out.append(
-                            RECORD_OVERHEAD,
-                            |buf| traffic.queue_close_notify(buf),
-                            encrypt_needs,
-                        )
-                        .map_err(|e| TlsError::Encrypt(e.to_string()))?;
-                    }
-                    return Ok(());
+        };
+        let slices: smallvec::SmallVec<[&[u8]; 4]> = frames.iter().map(|f| f.as_ref()).collect();
+        traffic.seal(&slices, close, out)
+    }
+}
+
+/// Drives rustls through the handshake records in `incoming`.
+fn handshake(
+    session: &mut UnbufferedServerConnection,
+    incoming: &mut [u8],
+    out: &mut OutBuf,
+    plain: &mut Vec<u8>,
+) -> Result<Opened, TlsError> {
+    let mut start = 0;
+    let mut peer_closed = false;
+    loop {
+        let UnbufferedStatus { mut discard, state } =
+            session.process_tls_records(&mut incoming[start..]);
+        let mut done = false;
+        match state? {
+            ConnectionState::ReadTraffic(mut traffic) => {
+                while let Some(record) = traffic.next_record() {
+                    let record = record?;
+                    discard += record.discard;
+                    plain.extend_from_slice(record.payload);
                 }
-                _ => return Err(TlsError::NotReady),
             }
+            ConnectionState::EncodeTlsData(mut encode) => out
+                .append(MAX_FRAGMENT, |buf| encode.encode(buf), encode_needs)
+                .map_err(|e| TlsError::Encrypt(e.to_string()))?,
+            // The caller writes `out` before anything else goes out.
+            ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+            ConnectionState::PeerClosed | ConnectionState::Closed => {
+                peer_closed = true;
+                done = true;
+            }
+            // Waiting for more bytes (BlockedHandshake), or done with the
+            // handshake and all it had to send (WriteTraffic). Early data is
+            // never accepted (`max_early_data_size` stays 0), so no other
+            // state can come from input.
+            _ => done = true,
+        }
+        start += discard;
+        if done {
+            return Ok(Opened {
+                consumed: start,
+                peer_closed,
+                completed: None,
+            });
         }
     }
 }
 
-fn encrypt(
-    traffic: &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
-    plain: &[u8],
-    out: &mut OutBuf,
-) -> Result<(), TlsError> {
-    let guess = plain.len() + (plain.len() / MAX_FRAGMENT + 1) * RECORD_OVERHEAD;
-    out.append(guess, |buf| traffic.encrypt(plain, buf), encrypt_needs)
-        .map_err(|e| TlsError::Encrypt(e.to_string()))
+/// Hands a finished handshake over to its record keys; the rest of the
+/// rustls connection is dropped here.
+fn established(session: UnbufferedServerConnection) -> Result<Traffic, TlsError> {
+    let (secrets, kernel) = session.dangerous_into_kernel_connection()?;
+    Traffic::new(secrets, kernel.negotiated_cipher_suite())
 }
 
 fn encode_needs(e: &EncodeError) -> Option<usize> {
     match e {
         EncodeError::InsufficientSize(s) => Some(s.required_size),
-        _ => None,
-    }
-}
-
-fn encrypt_needs(e: &EncryptError) -> Option<usize> {
-    match e {
-        EncryptError::InsufficientSize(s) => Some(s.required_size),
         _ => None,
     }
 }

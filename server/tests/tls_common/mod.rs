@@ -46,6 +46,11 @@ impl Ca {
         self.leaf_with(name, |_| {})
     }
 
+    /// A certificate valid until the first of January of `year`.
+    pub fn leaf_until(&self, name: &str, year: i32) -> Leaf {
+        self.leaf_with(name, |p| p.not_after = date_time_ymd(year, 1, 1))
+    }
+
     /// A certificate that expired in 2021.
     pub fn expired_leaf(&self) -> Leaf {
         self.leaf_with("expired", |p| {
@@ -74,20 +79,26 @@ impl Ca {
     /// A client configuration that trusts this CA only; connections made
     /// with the same one may resume each other's sessions.
     pub fn client(&self) -> Arc<ClientConfig> {
-        client_for(&[self], None)
+        client_for(&[self], None, "")
     }
 }
 
-/// A client trusting `cas`, optionally limited to one TLS version.
+/// A client trusting `cas`, optionally limited to one TLS version and to
+/// the cipher suites whose names contain `suite`.
 pub fn client_for(
     cas: &[&Ca],
     version: Option<&'static rustls::SupportedProtocolVersion>,
+    suite: &str,
 ) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for ca in cas {
         roots.add(ca.der.clone()).expect("CA is a root");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| format!("{:?}", s.suite()).contains(suite));
+    let provider = Arc::new(provider);
     let builder = ClientConfig::builder_with_provider(provider);
     let builder = match version {
         Some(v) => builder.with_protocol_versions(&[v]),
