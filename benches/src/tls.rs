@@ -314,21 +314,31 @@ pub fn run(o: &Opts) -> Result<(), String> {
     }
     let rows = table(&results, o);
     print_table(&rows);
-    let handshakes = |side: &str| {
-        let full = results[side]["idle"]["opens_per_cpu_second"].as_f64();
-        let resumed = results[side]["idle_resumed"]["opens_per_cpu_second"].as_f64();
+    let handshakes = |kind: &str| {
+        let rate = |side: &str, run: &str| {
+            results[format!("{kind}_{side}")][run]["opens_per_cpu_second"].as_f64()
+        };
+        let (plain, full, resumed) = (
+            rate("ws", "idle"),
+            rate("wss", "idle"),
+            rate("wss", "idle_resumed"),
+        );
+        // What TLS adds to opening a connection, in server CPU microseconds.
+        let extra = |tls: Option<f64>| match (tls, plain) {
+            (Some(t), Some(p)) if t > 0.0 && p > 0.0 => show(Some(1e6 / t - 1e6 / p)),
+            _ => "-".into(),
+        };
         format!(
-            "{side}: {} full, {} resumed per server CPU-second (resumed/full {})",
+            "{kind} wss: {} full, {} resumed handshakes per server CPU-second (resumed/full {}); \
+             TLS adds {} us of server CPU to opening a connection with a full handshake, {} us resumed",
             show(full),
             show(resumed),
-            ratio(resumed, full)
+            ratio(resumed, full),
+            extra(full),
+            extra(resumed),
         )
     };
-    println!(
-        "{}\n{}",
-        handshakes("surge_wss"),
-        handshakes("baseline_wss")
-    );
+    println!("{}\n{}", handshakes("surge"), handshakes("baseline"));
     results["table"] = json!(rows);
     let checks = checks(&results, o);
     results["checks"] = json!(checks
