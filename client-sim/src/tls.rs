@@ -103,9 +103,9 @@ const SERVERS_REMEMBERED: usize = 64;
 /// cipher suites in the order browsers do: AES-128-GCM first. rustls'
 /// own order puts AES-256-GCM-SHA384 first, and a server that follows the
 /// client's order (rustls' default; the tokio baseline does) would then
-/// spend its handshakes in
-/// SHA-384, which has no hardware help on x86 (13% of a handshake-storm
-/// profile on this box) where the SHA-256 that browsers get has some.
+/// spend its handshakes in SHA-384, which has no hardware help on x86
+/// (13% of a handshake-storm profile on this box), where the SHA-256 that
+/// browsers get has.
 pub fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::ring::cipher_suite::*;
     Arc::new(CryptoProvider {
