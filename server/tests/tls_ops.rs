@@ -37,6 +37,9 @@ async fn a_reloaded_certificate_serves_new_handshakes_and_open_connections_keep_
     let mut old = connect_wss(&server, &ca.client(), "?ch=slots").await;
     assert_eq!(next_json(&mut old).await["op"], "subscribed");
     assert_eq!(served_certificate(&server, &ca).await, first.der.to_vec());
+    // A browser that got a ticket before the reload...
+    let returning = ca.client();
+    drop(connect_wss(&server, &returning, "").await);
 
     let second = ca.leaf_until("second", 2040);
     files.write(&second);
@@ -53,6 +56,12 @@ async fn a_reloaded_certificate_serves_new_handshakes_and_open_connections_keep_
     assert_eq!(served_certificate(&server, &ca).await, second.der.to_vec());
     publish_async(&server, "slots", r#""after reload""#).await;
     assert_eq!(next_json(&mut old).await["data"], "after reload");
+    // ...still resumes after it: the ticket keys outlive certificates.
+    let back = connect_wss(&server, &returning, "").await;
+    assert_eq!(
+        tls_of(&back).handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
 
     // A broken file, then a key from another pair: refused, the pair in
     // use stays, and so do the connections.
@@ -69,6 +78,10 @@ async fn a_reloaded_certificate_serves_new_handshakes_and_open_connections_keep_
     // SIGHUP calls the same reload; it refuses the same way.
     assert!(matches!(server.reload_tls(), Some(Err(_))));
     assert_eq!(served_certificate(&server, &ca).await, second.der.to_vec());
+    assert_eq!(
+        metric(&server, "surge_tls_certificate_expiry_timestamp_seconds"),
+        2_208_988_800
+    );
     publish_async(&server, "slots", r#""still here""#).await;
     assert_eq!(next_json(&mut old).await["data"], "still here");
     server.shutdown();

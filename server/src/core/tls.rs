@@ -99,6 +99,10 @@ impl Worker {
         let Some(tls) = self.tls.as_deref_mut() else {
             return Flow::Stop;
         };
+        // The worker's buffers hold nothing of another connection's, even
+        // after a panic cut its handling short (`guard.rs`).
+        tls.out.clear();
+        tls.plain.clear();
         let handshaking = tls.is_handshaking(token);
         // With nothing held, the read starts at a record boundary.
         let not_tls = match scratch.first() {
@@ -134,9 +138,11 @@ impl Worker {
         if !self.write_sealed(token) {
             return Flow::Stop;
         }
-        if opened.consumed < end {
-            if let Some(conn) = self.conns.get_mut(token) {
+        if let Some(conn) = self.conns.get_mut(token) {
+            if opened.consumed < end {
                 conn.rare().tls_in = scratch[opened.consumed..end].to_vec();
+            } else {
+                conn.shrink();
             }
         }
         let flow = self.feed_decrypted(token);
