@@ -233,6 +233,16 @@ async fn plain_http_and_garbage_on_the_tls_port_are_refused_while_wss_keeps_flow
     publish_async(&server, "live", "2").await;
     assert_eq!(next_json(&mut ws).await["data"], 2);
 
+    // A TLS record whose hello is nonsense: a failed handshake.
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut s = raw(addr);
+        s.write_all(&[22, 3, 1, 0, 4, 1, 0, 0, 0]).expect("write");
+        read_until_closed(s)
+    })
+    .await
+    .expect("bad hello");
+    assert!(seen.is_empty() || seen[0] == 21, "{seen:?}");
+
     // A TLS client that stops halfway through its hello: closed at the
     // handshake deadline, with nothing said in clear text.
     let seen = tokio::task::spawn_blocking(move || {
@@ -246,7 +256,12 @@ async fn plain_http_and_garbage_on_the_tls_port_are_refused_while_wss_keeps_flow
     publish_async(&server, "live", "3").await;
     assert_eq!(next_json(&mut ws).await["data"], 3);
 
-    for (reason, count) in [("plain_http", 1), ("not_tls", 1), ("handshake_timeout", 1)] {
+    for (reason, count) in [
+        ("plain_http", 1),
+        ("not_tls", 1),
+        ("handshake_failed", 1),
+        ("handshake_timeout", 1),
+    ] {
         let series = format!("surge_tls_refused_total{{reason=\"{reason}\"}}");
         assert_eq!(metric(&server, &series), count, "{series}");
     }
@@ -312,5 +327,33 @@ async fn a_client_key_update_ends_only_its_own_connection() {
     }
     publish_async(&server, "k", "7").await;
     assert_eq!(next_json(&mut other).await["data"], 7);
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_reader_past_the_outbound_bound_is_closed_4000_cleanly_and_others_keep_up() {
+    let ca = Ca::new("bound CA");
+    let files = Files::new("bound");
+    files.write(&ca.leaf("surge"));
+    let server = start_tls(&files, &["--max-outbound", "64KiB"]);
+    let mut slow = connect_wss(&server, &ca.client(), "?ch=b").await;
+    assert_eq!(next_json(&mut slow).await["op"], "subscribed");
+    let mut fast = connect_wss(&server, &ca.client(), "?ch=b").await;
+    assert_eq!(next_json(&mut fast).await["op"], "subscribed");
+    // `slow` reads nothing; `fast` reads everything as it comes.
+    let chunk = "x".repeat(16_000);
+    let mut sent = 0u64;
+    while metric(&server, "surge_slow_consumer_closes_total") == 0 {
+        assert!(sent < 3_000, "the slow reader was never closed");
+        publish_async(&server, "b", &format!(r#"{{"n":{sent},"s":"{chunk}"}}"#)).await;
+        let v = next_json(&mut fast).await;
+        assert_eq!(v["data"]["n"].as_u64(), Some(sent));
+        sent += 1;
+    }
+    // The slow reader's queue was sealed records: it gets what was queued,
+    // then a valid close frame with 4000 (its TLS stream was never cut).
+    assert_eq!(close_code(&mut slow).await, 4000);
+    publish_async(&server, "b", r#"{"n":"after"}"#).await;
+    assert_eq!(next_json(&mut fast).await["data"]["n"], "after");
     server.shutdown();
 }

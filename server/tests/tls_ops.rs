@@ -96,18 +96,36 @@ fn reload_without_tls_says_there_is_nothing_to_reload() {
 }
 
 /// Runs the real binary with `args` and the test's TLS files; returns its
-/// exit code and what it printed on stderr.
+/// exit code and what it printed on stderr. A binary that does not exit on
+/// its own (it started serving) is killed and the test fails.
 fn surge(args: &[&str], files: &Files) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_surge"));
-    cmd.args(args)
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_surge"))
+        .args(args)
         .args(surge::config::EPHEMERAL_LOOPBACK)
         .args(files.flags())
-        .env_clear();
-    let out = cmd.output().expect("run surge");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run surge");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > WAIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("surge {args:?} kept running: the pair was not refused");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status.code(), stderr)
 }
 
 #[test]

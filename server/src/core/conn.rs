@@ -66,9 +66,9 @@ pub mod flag {
 /// A TLS connection adds, in its worker's session table: a 16-byte slot
 /// (16 MB at a million) and, once established, its two record keys and
 /// sequence numbers in one box (~1.2 KB: 1.2 GB at a million, nearly all
-/// of it ring's AES-GCM key schedules and GHASH tables). Measured: 1,351
-/// bytes of user space per idle wss connection against 82 for ws
-/// (docs/tls.md).
+/// of it ring's AES-GCM key schedules and GHASH tables). Measured: about
+/// 1,350 bytes of user space per idle wss connection against about 85 for
+/// ws (docs/tls.md).
 pub struct Conn {
     /// A plain std socket (4 bytes), registered with epoll by its fd: mio's
     /// own stream type adds a debug-build check that would make this struct
