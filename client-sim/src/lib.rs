@@ -11,7 +11,8 @@
 //! - `srcips`, `sys`: source addresses and the system calls beneath.
 //! - `tls`: the TLS client configuration every scenario uses for `wss://`;
 //!   `transport`: a plain or TLS socket driven by readiness; `testcert`:
-//!   a throwaway CA and server certificate for loopback `wss://` runs.
+//!   a throwaway CA and server certificate for loopback `wss://` runs;
+//!   `tickets`: TLS session tickets shared as browsers would use them.
 
 pub mod confirm;
 pub mod engine;
@@ -24,5 +25,6 @@ pub mod srcips;
 pub mod stats;
 pub mod sys;
 pub mod testcert;
+pub mod tickets;
 pub mod tls;
 pub mod transport;
