@@ -57,6 +57,10 @@ cargo run --release -p benches -- million --scenario queue --conns 3000 --procs 
 # engine (exits non-zero if either fan-out loses or duplicates a delivery).
 cargo run --release -p benches -- floor-gap --conns 1000 --publications 3 --repeats 2 --skip-build
 cargo run --release -p benches -- engines --conns 2000 --publications 5 --skip-build
+# wss:// beside ws:// for Surge and the tokio-rustls baseline (issue 15);
+# exits non-zero if a connection or delivery is missing or an idle Surge
+# wss connection holds more than its 2 KiB of user space.
+cargo run --release -p benches -- tls --conns 4000 --publications 5 --skip-build
 python3 - <<'PY'
 import json
 

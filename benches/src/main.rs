@@ -22,6 +22,7 @@ mod cluster;
 mod engines;
 mod floor_gap;
 mod million;
+mod tls;
 
 #[derive(Parser)]
 #[command(name = "benches")]
@@ -43,6 +44,10 @@ enum Cmd {
     /// on one shared port, client-sim over many processes and source
     /// addresses (see docs/benchmarks.md).
     Million(million::Opts),
+    /// wss:// beside ws:// for Surge and the baseline (tokio-rustls): idle
+    /// bytes, server CPU per delivery, full and resumed TLS handshakes per
+    /// CPU-second; fails if an idle wss connection exceeds its budget.
+    Tls(tls::Opts),
 }
 
 #[derive(clap::Args, Clone)]
@@ -79,8 +84,11 @@ fn bin(name: &str) -> PathBuf {
 /// A server process, killed on drop.
 struct Server {
     child: Child,
+    /// `ws://...` or, for a server started with a certificate, `wss://...`.
     ws: String,
     publish: String,
+    /// The CA client-sim must trust for `wss://` (`--ca`).
+    ca: Option<PathBuf>,
 }
 
 impl Drop for Server {
@@ -94,8 +102,26 @@ fn start(kind: &str) -> Result<Server, String> {
     start_with(kind, &[])
 }
 
-/// Starts `kind` ("surge" or the baseline) with `extra` arguments for Surge.
+/// Starts `kind` ("surge" or the baseline) with `extra` arguments.
 fn start_with(kind: &str, extra: &[&str]) -> Result<Server, String> {
+    start_tls(kind, extra, None)
+}
+
+/// As `start_with`; with `tls`, the server speaks `wss://` with that test
+/// certificate (both take `--tls-cert FILE --tls-key FILE`).
+fn start_tls(
+    kind: &str,
+    extra: &[&str],
+    tls: Option<&client_sim::testcert::TestCert>,
+) -> Result<Server, String> {
+    let tls_args: Vec<String> = tls.map_or_else(Vec::new, |t| {
+        vec![
+            "--tls-cert".into(),
+            t.cert.display().to_string(),
+            "--tls-key".into(),
+            t.key.display().to_string(),
+        ]
+    });
     let mut cmd = match kind {
         "surge" => {
             let mut c = Command::new(bin("surge"));
@@ -106,10 +132,11 @@ fn start_with(kind: &str, extra: &[&str]) -> Result<Server, String> {
         }
         _ => {
             let mut c = Command::new(bin("baseline"));
-            c.args(["127.0.0.1:0", "127.0.0.1:0"]);
+            c.args(["127.0.0.1:0", "127.0.0.1:0"]).args(extra);
             c
         }
     };
+    cmd.args(&tls_args);
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -128,10 +155,15 @@ fn start_with(kind: &str, extra: &[&str]) -> Result<Server, String> {
     let publish = field("publish=")
         .trim_end_matches("/api/publish")
         .to_string();
+    let address = [field("wss://"), field("ws://")].concat();
+    if address.is_empty() {
+        return Err(format!("{kind}: no ws:// or wss:// address in {line:?}"));
+    }
     Ok(Server {
-        ws: format!("ws://{}", field("ws://")),
+        ws: format!("{}://{address}", if tls.is_some() { "wss" } else { "ws" }),
         publish,
         child,
+        ca: tls.map(|t| t.ca.clone()),
     })
 }
 
@@ -160,6 +192,12 @@ fn client_sim(server: &Server, args: &[String]) -> Result<Value, String> {
             "--timeout",
             "120",
         ])
+        .args(
+            server
+                .ca
+                .iter()
+                .flat_map(|ca| [Path::new("--ca"), ca.as_path()]),
+        )
         .arg("--json")
         .arg(&json)
         .stdout(Stdio::null())
@@ -449,6 +487,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Engines(o) => engines::run(&o),
         Cmd::FloorGap(o) => floor_gap::run(&o),
         Cmd::Million(o) => return million::main(&o, &root()),
+        Cmd::Tls(o) => tls::run(&o),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

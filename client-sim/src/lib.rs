@@ -10,6 +10,10 @@
 //! - `plan`: boxes needed, from a report.
 //! - `queue`: the waiting-room scenario (tokio-tungstenite browsers).
 //! - `srcips`, `sys`: source addresses and the system calls beneath.
+//! - `tls`: the TLS client configuration every scenario uses for `wss://`;
+//!   `transport`: a plain or TLS socket driven by readiness; `testcert`:
+//!   a throwaway CA and server certificate for loopback `wss://` runs;
+//!   `tickets`: TLS session tickets shared as browsers would use them.
 
 pub mod confirm;
 pub mod engine;
@@ -22,3 +26,7 @@ pub mod restart;
 pub mod srcips;
 pub mod stats;
 pub mod sys;
+pub mod testcert;
+pub mod tickets;
+pub mod tls;
+pub mod transport;

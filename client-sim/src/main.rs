@@ -65,6 +65,10 @@ enum Cmd {
     Plan(PlanArgs),
     /// N browsers join a waiting room (some before the opening, some drop and rejoin): fairness and cost.
     Queue(client_sim::queue::QueueArgs),
+    /// Write a throwaway CA (ca.pem) and a localhost server certificate
+    /// signed by it (cert.pem, key.pem) into DIR, for wss:// on loopback:
+    /// surge --tls-cert DIR/cert.pem --tls-key DIR/key.pem, client-sim --ca DIR/ca.pem.
+    TestCert { dir: std::path::PathBuf },
     /// Internal: one worker process.
     #[command(name = "__worker", hide = true)]
     Worker { spec: String },
@@ -93,6 +97,21 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Queue(args) => queue(&args),
+        Cmd::TestCert { dir } => match client_sim::testcert::write(&dir, "") {
+            Ok(c) => {
+                println!(
+                    "{} {} {}",
+                    c.ca.display(),
+                    c.cert.display(),
+                    c.key.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("client-sim: {e}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Idle { common } => scenario(&common, Scenario::Idle),
         Cmd::Fanout {
             common,

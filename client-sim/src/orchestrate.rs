@@ -31,9 +31,12 @@ const REPORT_REPLY: Duration = Duration::from_secs(10);
 /// Options every scenario shares.
 #[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct Common {
-    /// WebSocket URL of the server.
+    /// WebSocket URL of the server: ws://HOST:PORT/PATH, or wss:// with
+    /// --ca FILE or --insecure.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Base URL of the publish API; several nodes' APIs comma-separated,
     /// used in turn (a node that refuses connections is skipped).
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8081")]
@@ -149,10 +152,14 @@ pub(crate) fn send(workers: &mut [Worker], cmd: &Command) {
     }
 }
 
-fn resolve(url: &str) -> Result<(SocketAddr, String, String), String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or("--url must start with ws://")?;
+/// The server's address, Host header and path from a `ws://` or `wss://`
+/// URL, and whether it is `wss://`.
+fn resolve(url: &str) -> Result<(SocketAddr, String, String, bool), String> {
+    let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err("--url must start with ws:// or wss://".into()),
+    };
     let (host, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
@@ -161,7 +168,7 @@ fn resolve(url: &str) -> Result<(SocketAddr, String, String), String> {
         .map_err(|e| format!("{host}: {e}"))?
         .find(SocketAddr::is_ipv4)
         .ok_or_else(|| format!("{host}: no IPv4 address"))?;
-    Ok((addr, host.to_string(), path))
+    Ok((addr, host.to_string(), path, tls))
 }
 
 pub(crate) fn unix_us() -> u64 {
@@ -203,7 +210,11 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
             "confirm needs --token-secret: confirmations go to private user/ID channels".into(),
         );
     }
-    let (server, host, path) = resolve(&common.url)?;
+    let (server, host, path, wss) = resolve(&common.url)?;
+    // Refused here, once, rather than by every worker process.
+    if wss {
+        crate::tls::client_configs(&common.tls).map_err(|e| e.to_string())?;
+    }
     let ips = match &common.src_ips {
         Some(spec) => srcips::parse(spec)?,
         None => Vec::new(),
@@ -268,6 +279,7 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
             reconnect_on_close,
             expect_confirms,
             max_pending: common.max_pending,
+            tls: wss.then(|| common.tls.clone()),
         };
         first_uid += share;
         let spec = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
@@ -504,6 +516,9 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
                 bytes_per_connection: (rss_after_ramp.saturating_sub(rss_before)) as f64
                     / connected_total.max(1) as f64,
                 cpu_seconds_total: cpu_before.zip(end.and_then(|(_, c)| c)).map(|(a, b)| b - a),
+                cpu_seconds_ramp: cpu_before
+                    .zip(after_ramp.and_then(|(_, c)| c))
+                    .map(|(a, b)| b - a),
                 cpu_seconds_fanout: during,
             }
         })

@@ -32,9 +32,11 @@ const SILENCE: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct QueueArgs {
-    /// WebSocket URL of the server.
+    /// WebSocket URL of the server (wss:// with --ca FILE or --insecure).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Publish API base URL (the room is created there).
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     pub api: String,
@@ -220,6 +222,7 @@ pub fn run(args: &QueueArgs) -> Result<QueueReport, String> {
 }
 
 async fn run_async(args: &QueueArgs) -> Result<QueueReport, String> {
+    crate::tls::install_for(&args.url, &args.tls).map_err(|e| e.to_string())?;
     if let (Some(opens_at), Some(out)) = (args.child_opens_at, &args.child_out) {
         let seen = browsers(args, opens_at).await?;
         let text = serde_json::to_string(&seen).map_err(|e| e.to_string())?;
@@ -318,6 +321,13 @@ fn spawn_children(
             .stdout(std::process::Stdio::null());
         if !mine.is_empty() {
             cmd.args(["--src-ips", &mine.join(",")]);
+        }
+        // Each process trusts what its parent trusts.
+        if args.tls.insecure {
+            cmd.arg("--insecure");
+        }
+        if let Some(ca) = &args.tls.ca {
+            cmd.arg("--ca").arg(ca);
         }
         first += users;
         let child = cmd
@@ -445,18 +455,18 @@ async fn open(url: &str, gate: &Semaphore, src: Option<Ipv4Addr>) -> Result<Ws, 
     let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
     let connect = async {
         let Some(src) = src else {
-            return tokio_tungstenite::connect_async(url)
+            return crate::tls::connect_ws(url)
                 .await
-                .map(|(ws, _)| ws)
                 .map_err(|e| format!("connect: {e}"));
         };
         // From a chosen loopback address: each gives another range of
         // ephemeral ports towards the one server port.
         let to: SocketAddr = url
             .strip_prefix("ws://")
+            .or_else(|| url.strip_prefix("wss://"))
             .and_then(|rest| rest.split('/').next())
             .and_then(|host| host.parse().ok())
-            .ok_or_else(|| format!("--src-ips needs a ws://IP:PORT/ url, not {url}"))?;
+            .ok_or_else(|| format!("--src-ips needs a ws[s]://IP:PORT/ url, not {url}"))?;
         let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
         socket
             .bind(SocketAddr::new(src.into(), 0))
@@ -465,10 +475,8 @@ async fn open(url: &str, gate: &Semaphore, src: Option<Ipv4Addr>) -> Result<Ws, 
             .connect(to)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-        tokio_tungstenite::client_async(url, stream)
+        crate::tls::connect_ws_over(url, stream)
             .await
-            .map(|(ws, _)| ws)
             .map_err(|e| format!("handshake: {e}"))
     };
     tokio::time::timeout(SILENCE, connect)

@@ -58,6 +58,9 @@ pub struct ServerUsage {
     /// (RSS after ramp - RSS before) / connected.
     pub bytes_per_connection: f64,
     pub cpu_seconds_total: Option<f64>,
+    /// CPU seconds from before the first connect to the end of the ramp:
+    /// accepts, handshakes (TLS too) and subscriptions.
+    pub cpu_seconds_ramp: Option<f64>,
     /// CPU seconds while publishing and delivering (fanout).
     pub cpu_seconds_fanout: Option<f64>,
 }
@@ -125,6 +128,10 @@ pub struct Report {
     pub closes: BTreeMap<u16, u64>,
     pub ramp_seconds: f64,
     pub handshakes_per_second: f64,
+    /// `wss://` connections opened with a full / a resumed TLS handshake
+    /// (storm reconnections included).
+    pub tls_full_handshakes: u64,
+    pub tls_resumed_handshakes: u64,
     /// client-sim's own user-space bytes per connection (RSS growth / N).
     pub client_bytes_per_connection: f64,
     pub connect_ms: Percentiles,
@@ -202,6 +209,8 @@ impl Report {
             closes: stats.closes.clone(),
             ramp_seconds,
             handshakes_per_second: stats.connected as f64 / ramp_seconds.max(1e-9),
+            tls_full_handshakes: stats.tls_full,
+            tls_resumed_handshakes: stats.tls_resumed,
             client_bytes_per_connection: stats.client_rss_delta as f64
                 / stats.connected.max(1) as f64,
             connect_ms: Percentiles::of(&stats::decode(&stats.connect_us)),
@@ -280,6 +289,15 @@ impl Report {
                 self.ramp_seconds, self.handshakes_per_second
             ),
         );
+        if self.tls_full_handshakes + self.tls_resumed_handshakes > 0 {
+            row(
+                "TLS handshakes full / resumed",
+                format!(
+                    "{} / {}",
+                    self.tls_full_handshakes, self.tls_resumed_handshakes
+                ),
+            );
+        }
         row("connect + handshake, ms", pct(&self.connect_ms));
         row(
             "client-sim bytes per connection",

@@ -74,6 +74,11 @@ pub struct Stats {
     pub storm: Storm,
     /// Growth of this process's RSS from start to the end of the ramp.
     pub client_rss_delta: u64,
+    /// `wss://` connections opened with a full TLS handshake / a resumed one.
+    #[serde(default)]
+    pub tls_full: u64,
+    #[serde(default)]
+    pub tls_resumed: u64,
     /// (milliseconds since start, open connections), sampled.
     pub timeline: Vec<(u64, u64)>,
     /// Unix time in tenths of a second -> connections the server closed
@@ -116,6 +121,8 @@ impl Stats {
             *self.clinic_subscribers.entry(*c).or_default() += n;
         }
         self.client_rss_delta += other.client_rss_delta;
+        self.tls_full += other.tls_full;
+        self.tls_resumed += other.tls_resumed;
         let s = &mut self.storm;
         let o = &other.storm;
         s.dropped += o.dropped;
