@@ -3,7 +3,7 @@
 //! At a million connections every byte here is a megabyte, so the common
 //! idle connection holds only a socket, a timer slot, two state bytes and its
 //! subscriptions inline; everything rare (a partial frame, a message being
-//! reassembled, unsent bytes, an incomplete TLS record) sits behind one
+//! reassembled, unsent bytes) sits behind one
 //! `Option<Box<Rare>>` that is freed as soon as it drains. A TLS session is
 //! not here at all: it lives beside the slab in its worker's session table
 //! (`tls/session.rs`), so a plain connection pays nothing for TLS. No
@@ -103,8 +103,6 @@ pub struct Conn {
 pub struct Rare {
     /// Bytes of an incomplete request head or frame.
     pub inbuf: Vec<u8>,
-    /// On TLS: ciphertext of an incomplete record, read ahead of its end.
-    pub tls_in: Vec<u8>,
     /// A fragmented message being reassembled.
     pub message: Vec<u8>,
     /// How many bytes of `message` are known to be valid UTF-8.
@@ -122,10 +120,7 @@ pub struct Rare {
 
 impl Rare {
     fn is_idle(&self) -> bool {
-        self.inbuf.is_empty()
-            && self.tls_in.is_empty()
-            && self.message.is_empty()
-            && self.out.is_empty()
+        self.inbuf.is_empty() && self.message.is_empty() && self.out.is_empty()
     }
 }
 

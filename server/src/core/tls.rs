@@ -68,7 +68,7 @@ impl Worker {
             return Flow::Stop;
         };
         // An incomplete record from the last read goes first.
-        let held = match conn.rare.as_ref().map(|r| &r.tls_in[..]) {
+        let held = match self.tls.as_deref().map(|tls| tls.held(token)) {
             Some(bytes) if !bytes.is_empty() => {
                 scratch[..bytes.len()].copy_from_slice(bytes);
                 bytes.len()
@@ -93,12 +93,10 @@ impl Worker {
         if conn.state == State::Closing {
             return Flow::More;
         }
-        if let Some(rare) = conn.rare.as_mut() {
-            rare.tls_in = Vec::new();
-        }
         let Some(tls) = self.tls.as_deref_mut() else {
             return Flow::Stop;
         };
+        tls.hold(token, &[]);
         // The worker's buffers hold nothing of another connection's, even
         // after a panic cut its handling short (`guard.rs`).
         tls.out.clear();
@@ -138,12 +136,11 @@ impl Worker {
         if !self.write_sealed(token) {
             return Flow::Stop;
         }
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.hold(token, &scratch[opened.consumed..end]);
+        }
         if let Some(conn) = self.conns.get_mut(token) {
-            if opened.consumed < end {
-                conn.rare().tls_in = scratch[opened.consumed..end].to_vec();
-            } else {
-                conn.shrink();
-            }
+            conn.shrink();
         }
         let flow = self.feed_decrypted(token);
         if opened.peer_closed {

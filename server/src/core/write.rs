@@ -348,7 +348,9 @@ impl Worker {
         if let Some(rare) = conn.rare.as_mut() {
             rare.inbuf = Vec::new();
             rare.message = Vec::new();
-            rare.tls_in = Vec::new();
+        }
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.hold(token, &[]);
         }
         self.uncount(token);
         // On TLS, the last bytes and close_notify, sealed.

@@ -145,6 +145,11 @@ pub struct WorkerTls {
     pub out: OutBuf,
     /// Plaintext decrypted by [`WorkerTls::open`], for the frame parser.
     pub plain: Vec<u8>,
+    /// Ciphertext of an incomplete record, read ahead of its end, by slab
+    /// key. Here rather than in `Conn`'s `Rare`, so that plain connections
+    /// (whose `Rare` every handshake allocates) pay nothing for it; an
+    /// entry lives only until its record completes.
+    held: hashbrown::HashMap<usize, Vec<u8>>,
 }
 
 impl WorkerTls {
@@ -154,6 +159,22 @@ impl WorkerTls {
             sessions: Vec::new(),
             out: OutBuf::default(),
             plain: Vec::new(),
+            held: hashbrown::HashMap::new(),
+        }
+    }
+
+    /// The incomplete record held for `token`, if any.
+    pub fn held(&self, token: usize) -> &[u8] {
+        self.held.get(&token).map_or(&[], |bytes| &bytes[..])
+    }
+
+    /// Holds `bytes`, the start of a record, until the next read; empty
+    /// forgets what was held.
+    pub fn hold(&mut self, token: usize, bytes: &[u8]) {
+        if bytes.is_empty() {
+            self.held.remove(&token);
+        } else {
+            self.held.insert(token, bytes.to_vec());
         }
     }
 
@@ -172,6 +193,7 @@ impl WorkerTls {
         if let Some(slot) = self.sessions.get_mut(token) {
             *slot = None;
         }
+        self.held.remove(&token);
     }
 
     /// Whether `token` speaks TLS. False once a plain-HTTP request on the
