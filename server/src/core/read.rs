@@ -77,28 +77,10 @@ impl Worker {
     }
 
     fn read_once(&mut self, token: usize, scratch: &mut [u8]) -> Flow {
-        let Some(conn) = self.conns.get_mut(token) else {
-            return Flow::Stop;
-        };
-        let n = match (&conn.socket).read(scratch) {
-            Ok(0) => {
-                self.close_now(token);
-                return Flow::Stop;
-            }
+        let n = match self.read_socket(token, scratch) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Drained,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Flow::More,
-            Err(e) => {
-                tracing::debug!(worker = self.id, token, error = %e, "read failed");
-                self.close_now(token);
-                return Flow::Stop;
-            }
+            Err(flow) => return flow,
         };
-        WorkerMetrics::add(&self.metrics.workers[self.id].bytes_in, n as u64);
-        if conn.state == State::Closing {
-            // Our last word is said; drain input until the peer closes.
-            return Flow::More;
-        }
         match self.feed(token, &mut scratch[..n]) {
             // A short read emptied the kernel buffer: epoll will report new
             // data with a new edge, so skip the read that would only say EAGAIN.
@@ -106,6 +88,37 @@ impl Worker {
             Flow::Drained => Flow::More,
             other => other,
         }
+    }
+
+    /// One read from the socket into `buf`, plain or TLS alike: how many
+    /// bytes came, or what the caller does instead (end of stream or an
+    /// error closed it; nothing to read; it is closing and its input is
+    /// only drained).
+    #[inline]
+    pub(super) fn read_socket(&mut self, token: usize, buf: &mut [u8]) -> Result<usize, Flow> {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return Err(Flow::Stop);
+        };
+        let n = match (&conn.socket).read(buf) {
+            Ok(0) => {
+                self.close_now(token);
+                return Err(Flow::Stop);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(Flow::Drained),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(Flow::More),
+            Err(e) => {
+                tracing::debug!(worker = self.id, token, error = %e, "read failed");
+                self.close_now(token);
+                return Err(Flow::Stop);
+            }
+        };
+        WorkerMetrics::add(&self.metrics.workers[self.id].bytes_in, n as u64);
+        if conn.state == State::Closing {
+            // Our last word is said; drain input until the peer closes.
+            return Err(Flow::More);
+        }
+        Ok(n)
     }
 
     /// Bytes from the peer (read, or decrypted by TLS) to the upgrade or

@@ -8,7 +8,7 @@
 //! one `Option` test per read or write. It must not parse frames or HTTP;
 //! `read.rs` and `upgrade.rs` do, for both.
 
-use std::io::{self, Read};
+use std::io;
 
 use bytes::Bytes;
 
@@ -64,9 +64,6 @@ pub(crate) fn deliver<F: AsRef<[u8]>>(
 impl Worker {
     /// One read of a TLS connection; the TLS twin of `read_once`.
     pub(super) fn read_tls_once(&mut self, token: usize, scratch: &mut [u8]) -> Flow {
-        let Some(conn) = self.conns.get_mut(token) else {
-            return Flow::Stop;
-        };
         // An incomplete record from the last read goes first.
         let held = match self.tls.as_deref().map(|tls| tls.held(token)) {
             Some(bytes) if !bytes.is_empty() => {
@@ -75,24 +72,10 @@ impl Worker {
             }
             _ => 0,
         };
-        let n = match (&conn.socket).read(&mut scratch[held..]) {
-            Ok(0) => {
-                self.close_now(token);
-                return Flow::Stop;
-            }
+        let n = match self.read_socket(token, &mut scratch[held..]) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Drained,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Flow::More,
-            Err(e) => {
-                tracing::debug!(worker = self.id, token, error = %e, "read failed");
-                self.close_now(token);
-                return Flow::Stop;
-            }
+            Err(flow) => return flow,
         };
-        WorkerMetrics::add(&self.metrics.workers[self.id].bytes_in, n as u64);
-        if conn.state == State::Closing {
-            return Flow::More;
-        }
         let Some(tls) = self.tls.as_deref_mut() else {
             return Flow::Stop;
         };
