@@ -5,47 +5,18 @@
 //! asserts on wall time beyond bounded waits.
 
 mod common;
+#[path = "common/rooms.rs"]
+mod rooms_common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
+use rooms_common::*;
 use serde_json::{json, Value};
 use surge::channels::token::unix_now;
 
-const SECRET: &str = "booking-backend-shared-secret-1";
-const KEY: &str = "publish-api-key-0123456789";
-
 fn server() -> surge::Server {
     start(&["--token-secret", SECRET, "--api-key", KEY])
-}
-
-/// A request to the room API with the API key; status and JSON body.
-fn api(server: &surge::Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    api_with(server, method, path, body, Some(KEY))
-}
-
-fn api_with(
-    server: &surge::Server,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-    key: Option<&str>,
-) -> (u16, Value) {
-    let url = format!("http://{}{}", server.publish_addr, path);
-    let mut request = ureq::request(method, &url).timeout(WAIT);
-    if let Some(key) = key {
-        request = request.set("Authorization", &format!("Bearer {key}"));
-    }
-    let result = match body {
-        Some(b) => request.send_string(&b.to_string()),
-        None => request.call(),
-    };
-    let (status, text) = match result {
-        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
-        Err(e) => panic!("room API request failed: {e}"),
-    };
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 fn put_room(server: &surge::Server, name: &str, settings: Value) {
@@ -53,87 +24,11 @@ fn put_room(server: &surge::Server, name: &str, settings: Value) {
     assert!(status == 200 || status == 201, "{status} {body}");
 }
 
-fn room(server: &surge::Server, name: &str) -> Value {
-    let (status, body) = api(server, "GET", &format!("/api/rooms/{name}"), None);
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
 fn verify(server: &surge::Server, name: &str, token: &str) -> Value {
     let path = format!("/api/rooms/{name}/verify");
     let (status, body) = api(server, "POST", &path, Some(json!({ "token": token })));
     assert_eq!(status, 200, "{body}");
     body
-}
-
-async fn join(ws: &mut Ws, room: &str, ticket: Option<&str>) -> Value {
-    let mut cmd = json!({"op":"join","room":room});
-    if let Some(t) = ticket {
-        cmd["ticket"] = json!(t);
-    }
-    send_text(ws, &cmd.to_string()).await;
-    next_json(ws).await
-}
-
-/// The ticket's kind and number (`KIND.ROOM.EPOCH.NUMBER.SIG`, see
-/// docs/waiting-room.md).
-fn ticket_parts(ticket: &str) -> (String, u64) {
-    let parts: Vec<&str> = ticket.split('.').collect();
-    assert_eq!(parts.len(), 5, "{ticket}");
-    (parts[0].to_string(), parts[3].parse().expect("number"))
-}
-
-/// Waits (bounded) until `check` holds.
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT * 3;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// What one browser saw from joining to admission.
-struct Seen {
-    ticket: String,
-    positions: Vec<u64>,
-    seq: u64,
-    token: String,
-    updates: usize,
-}
-
-/// One browser: joins and reads until admitted.
-async fn wait_in_line(server_addr: std::net::SocketAddr, room: String) -> Seen {
-    let url = format!("ws://{server_addr}/ws");
-    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    let first = join(&mut ws, &room, None).await;
-    assert_eq!(first["op"], "queued", "{first}");
-    let ticket = first["ticket"].as_str().expect("ticket").to_string();
-    let mut positions: Vec<u64> = first["position"].as_u64().into_iter().collect();
-    let mut updates = 0;
-    loop {
-        let v = tokio::time::timeout(WAIT * 6, next_json(&mut ws))
-            .await
-            .expect("admitted in time");
-        match v["op"].as_str() {
-            Some("queued") => {
-                updates += 1;
-                positions.extend(v["position"].as_u64());
-            }
-            Some("admitted") => {
-                return Seen {
-                    ticket,
-                    positions,
-                    seq: v["seq"].as_u64().expect("seq"),
-                    token: v["token"].as_str().expect("token").to_string(),
-                    updates,
-                }
-            }
-            _ => panic!("unexpected {v}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,11 +46,11 @@ async fn a_thousand_users_are_admitted_once_each_in_fair_order_at_the_set_rate()
     let addr = server.public_addr;
     let mut browsers = Vec::new();
     for _ in 0..EARLY {
-        browsers.push(tokio::spawn(wait_in_line(addr, "sale".into())));
+        browsers.push(tokio::spawn(wait_in_line(addr, None, "sale".into())));
     }
     until("the opening", || unix_now() > opens_at).await;
     for _ in 0..LATE {
-        browsers.push(tokio::spawn(wait_in_line(addr, "sale".into())));
+        browsers.push(tokio::spawn(wait_in_line(addr, None, "sale".into())));
     }
     until("everyone in line", || {
         let r = room(&server, "sale");
@@ -305,7 +200,7 @@ async fn verify_accepts_live_admissions_and_refuses_expired_altered_and_foreign_
         json!({"admit_per_minute": 60_000, "admission_ttl": 1}),
     );
     put_room(&server, "other", json!({"admit_per_minute": 60_000}));
-    let seen = wait_in_line(server.public_addr, "sale".into()).await;
+    let seen = wait_in_line(server.public_addr, None, "sale".into()).await;
     let ok = verify(&server, "sale", &seen.token);
     assert_eq!(ok["valid"], true, "{ok}");
     assert_eq!(ok["ticket"], ticket_parts(&seen.ticket).1);
@@ -348,7 +243,11 @@ async fn a_rate_change_applies_at_once_and_max_admitted_holds() {
     );
     let mut browsers = Vec::new();
     for _ in 0..20 {
-        browsers.push(tokio::spawn(wait_in_line(server.public_addr, "r".into())));
+        browsers.push(tokio::spawn(wait_in_line(
+            server.public_addr,
+            None,
+            "r".into(),
+        )));
     }
     until("everyone in line", || room(&server, "r")["waiting"] == 20).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

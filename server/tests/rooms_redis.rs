@@ -9,18 +9,18 @@
 mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
+#[path = "common/rooms.rs"]
+mod rooms_common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
 use redis_server::Redis;
-use serde_json::{json, Value};
+use rooms_common::*;
+use serde_json::json;
 use surge::channels::token::unix_now;
 use surge::Server;
-
-const SECRET: &str = "booking-backend-shared-secret-1";
-const KEY: &str = "publish-api-key-0123456789";
 
 fn node(redis: &Redis) -> Server {
     start(&[
@@ -33,116 +33,6 @@ fn node(redis: &Redis) -> Server {
         "--api-key",
         KEY,
     ])
-}
-
-fn api(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let url = format!("http://{}{}", server.publish_addr, path);
-    let request = ureq::request(method, &url)
-        .timeout(WAIT)
-        .set("Authorization", &format!("Bearer {KEY}"));
-    let result = match body {
-        Some(b) => request.send_string(&b.to_string()),
-        None => request.call(),
-    };
-    let (status, text) = match result {
-        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
-        Err(e) => panic!("room API request failed: {e}"),
-    };
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn room(server: &Server, name: &str) -> Value {
-    let (status, body) = api(server, "GET", &format!("/api/rooms/{name}"), None);
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-async fn join(ws: &mut Ws, room: &str, ticket: Option<&str>) -> Value {
-    let mut cmd = json!({"op":"join","room":room});
-    if let Some(t) = ticket {
-        cmd["ticket"] = json!(t);
-    }
-    send_text(ws, &cmd.to_string()).await;
-    next_json(ws).await
-}
-
-async fn ws_to(addr: SocketAddr) -> Ws {
-    let url = format!("ws://{addr}/ws");
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    ws
-}
-
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT * 3;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// What one browser saw from joining to admission.
-struct Seen {
-    ticket: String,
-    positions: Vec<u64>,
-    seq: u64,
-    token: String,
-}
-
-/// One browser: joins through `first`; if `then` is set, drops after its
-/// first position update and rejoins with its ticket through `then`.
-async fn wait_in_line(first: SocketAddr, then: Option<SocketAddr>, room: String) -> Seen {
-    let mut ws = ws_to(first).await;
-    let answer = join(&mut ws, &room, None).await;
-    assert_eq!(answer["op"], "queued", "{answer}");
-    let ticket = answer["ticket"].as_str().expect("ticket").to_string();
-    let mut positions: Vec<u64> = answer["position"].as_u64().into_iter().collect();
-    let mut then = then;
-    loop {
-        let v = tokio::time::timeout(WAIT * 6, next_json(&mut ws))
-            .await
-            .expect("admitted in time");
-        match v["op"].as_str() {
-            Some("queued") => {
-                positions.extend(v["position"].as_u64());
-                if let Some(other) = then.take() {
-                    drop(ws);
-                    ws = ws_to(other).await;
-                    let back = join(&mut ws, &room, Some(&ticket)).await;
-                    match back["op"].as_str() {
-                        Some("queued") => positions.extend(back["position"].as_u64()),
-                        Some("admitted") => {
-                            return Seen {
-                                ticket,
-                                positions,
-                                seq: back["seq"].as_u64().expect("seq"),
-                                token: back["token"].as_str().expect("token").into(),
-                            }
-                        }
-                        _ => panic!("the ticket lost its place on another node: {back}"),
-                    }
-                }
-            }
-            Some("admitted") => {
-                return Seen {
-                    ticket,
-                    positions,
-                    seq: v["seq"].as_u64().expect("seq"),
-                    token: v["token"].as_str().expect("token").into(),
-                }
-            }
-            _ => panic!("unexpected {v}"),
-        }
-    }
-}
-
-fn ticket_parts(ticket: &str) -> (String, u64) {
-    let parts: Vec<&str> = ticket.split('.').collect();
-    assert_eq!(parts.len(), 5, "{ticket}");
-    (parts[0].to_string(), parts[3].parse().expect("number"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
