@@ -93,33 +93,7 @@ async fn a_thousand_users_are_admitted_once_each_in_fair_order_at_the_set_rate()
     tokens.dedup();
     assert_eq!(tokens.len(), EARLY + LATE, "one admission token each");
     // Pre-queue first (shuffled), then first come, first served.
-    let order: Vec<(String, u64)> = seen.iter().map(|s| ticket_parts(&s.ticket)).collect();
-    let early = order.iter().take_while(|(k, _)| k == "p").count();
-    assert!(
-        order[early..].iter().all(|(k, _)| k == "q"),
-        "pre-queue ahead of all"
-    );
-    assert!(
-        early >= EARLY / 2,
-        "the early joiners were in the pre-queue: {early}"
-    );
-    let serials: Vec<u64> = order[..early].iter().map(|(_, n)| *n).collect();
-    assert!(
-        serials.windows(2).any(|w| w[0] > w[1]),
-        "pre-queue shuffled"
-    );
-    let places: Vec<u64> = order[early..].iter().map(|(_, n)| *n).collect();
-    assert!(
-        places.windows(2).all(|w| w[0] < w[1]),
-        "then in ticket order"
-    );
-    for s in &seen {
-        assert!(
-            s.positions.windows(2).all(|w| w[0] >= w[1]),
-            "positions never increase: {:?}",
-            s.positions
-        );
-    }
+    assert_fair_order(&seen, EARLY);
     let updates: usize = seen.iter().map(|s| s.updates).sum();
     println!("{} position updates for {} users", updates, EARLY + LATE);
     server.shutdown();

@@ -103,33 +103,7 @@ async fn users_on_three_nodes_share_one_line_admitted_once_each_in_ticket_order(
         (1..=(EARLY + LATE) as u64).collect::<Vec<_>>(),
         "each once"
     );
-    let order: Vec<(String, u64)> = seen.iter().map(|s| ticket_parts(&s.ticket)).collect();
-    let early = order.iter().take_while(|(k, _)| k == "p").count();
-    assert!(
-        order[early..].iter().all(|(k, _)| k == "q"),
-        "pre-queue ahead of all"
-    );
-    assert!(
-        early >= EARLY / 2,
-        "the early joiners were in the pre-queue: {early}"
-    );
-    let serials: Vec<u64> = order[..early].iter().map(|(_, n)| *n).collect();
-    assert!(
-        serials.windows(2).any(|w| w[0] > w[1]),
-        "pre-queue shuffled"
-    );
-    let places: Vec<u64> = order[early..].iter().map(|(_, n)| *n).collect();
-    assert!(
-        places.windows(2).all(|w| w[0] < w[1]),
-        "then in ticket order"
-    );
-    for s in &seen {
-        assert!(
-            s.positions.windows(2).all(|w| w[0] >= w[1]),
-            "positions never increase: {:?}",
-            s.positions
-        );
-    }
+    assert_fair_order(&seen, EARLY);
     // An admission made through one node verifies on another.
     let path = "/api/rooms/sale/verify";
     let (_, v) = api(

@@ -141,3 +141,37 @@ pub async fn wait_in_line(first: SocketAddr, then: Option<SocketAddr>, room: Str
         }
     }
 }
+
+/// The fairness every room promises, from what its browsers saw (`seen`
+/// in admission order; `early` of them joined before the opening): the
+/// pre-queue first and shuffled, then first come, first served by ticket,
+/// and no one's position ever rose.
+pub fn assert_fair_order(seen: &[Seen], early_joiners: usize) {
+    let order: Vec<(String, u64)> = seen.iter().map(|s| ticket_parts(&s.ticket)).collect();
+    let early = order.iter().take_while(|(k, _)| k == "p").count();
+    assert!(
+        order[early..].iter().all(|(k, _)| k == "q"),
+        "pre-queue ahead of all"
+    );
+    assert!(
+        early >= early_joiners / 2,
+        "the early joiners were in the pre-queue: {early}"
+    );
+    let serials: Vec<u64> = order[..early].iter().map(|(_, n)| *n).collect();
+    assert!(
+        serials.windows(2).any(|w| w[0] > w[1]),
+        "pre-queue shuffled"
+    );
+    let places: Vec<u64> = order[early..].iter().map(|(_, n)| *n).collect();
+    assert!(
+        places.windows(2).all(|w| w[0] < w[1]),
+        "then in ticket order"
+    );
+    for s in seen {
+        assert!(
+            s.positions.windows(2).all(|w| w[0] >= w[1]),
+            "positions never increase: {:?}",
+            s.positions
+        );
+    }
+}
