@@ -5,10 +5,13 @@
 //! server's own /metrics and /stats, and a failed run exits 1. No
 //! assertion is about wall-clock time.
 
+mod common;
+
 use std::process::Command;
 
+use common::start_surge;
 use serde_json::Value;
-use surge::{Config, Server};
+use surge::Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_client-sim");
 const SECRET: &str = "client-sim-test-secret-0123";
@@ -18,20 +21,7 @@ fn server() -> Server {
 }
 
 fn server_with(extra: &[&str]) -> Server {
-    let mut args = vec!["surge"];
-    args.extend_from_slice(&surge::config::EPHEMERAL_LOOPBACK);
-    args.extend_from_slice(&[
-        "--workers",
-        "2",
-        "--log",
-        "warn",
-        "--token-secret",
-        SECRET,
-        "--shutdown-timeout",
-        "1s",
-    ]);
-    args.extend_from_slice(extra);
-    Server::start(Config::load_from(args).expect("config")).expect("server starts")
+    start_surge(SECRET, extra)
 }
 
 /// A counter or gauge from the server's own /metrics (not client-sim's).

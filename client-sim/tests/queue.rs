@@ -1,27 +1,18 @@
 //! client-sim's `queue` scenario against a real Surge on loopback, small N:
 //! everyone is admitted, in fair order, once, and the report says so.
 
+mod common;
+
 use std::process::Command;
 
+use common::start_surge;
 use serde_json::Value;
-use surge::{Config, Server};
+use surge::Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_client-sim");
 
 fn server() -> Server {
-    let mut args = vec!["surge"];
-    args.extend_from_slice(&surge::config::EPHEMERAL_LOOPBACK);
-    args.extend_from_slice(&[
-        "--workers",
-        "2",
-        "--log",
-        "warn",
-        "--token-secret",
-        "client-sim-queue-secret-0123",
-        "--shutdown-timeout",
-        "1s",
-    ]);
-    Server::start(Config::load_from(args).expect("config")).expect("server starts")
+    start_surge("client-sim-queue-secret-0123", &[])
 }
 
 /// Runs the scenario with 300 users (and `extra` flags); its JSON report

@@ -5,12 +5,15 @@
 //! told to trust is refused with the reason, not a vague failure. No
 //! assertion is about wall-clock time.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
 use client_sim::testcert::{self, TestCert};
+use common::start_surge;
 use serde_json::Value;
-use surge::{Config, Server};
+use surge::Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_client-sim");
 const SECRET: &str = "client-sim-wss-test-secret-0123";
@@ -21,23 +24,7 @@ fn tls_server(cert: &TestCert) -> Server {
         cert.cert.display().to_string(),
         cert.key.display().to_string(),
     );
-    let mut args = vec!["surge"];
-    args.extend_from_slice(&surge::config::EPHEMERAL_LOOPBACK);
-    args.extend_from_slice(&[
-        "--workers",
-        "2",
-        "--log",
-        "warn",
-        "--token-secret",
-        SECRET,
-        "--shutdown-timeout",
-        "1s",
-        "--tls-cert",
-        &cert_path,
-        "--tls-key",
-        &key_path,
-    ]);
-    Server::start(Config::load_from(args).expect("config")).expect("server starts")
+    start_surge(SECRET, &["--tls-cert", &cert_path, "--tls-key", &key_path])
 }
 
 /// Runs client-sim against `server` over wss:// and returns (exit code,

@@ -1,12 +1,32 @@
-//! What client-sim's multi-node tests share: a free loopback port and a
-//! real redis-server for the nodes to share. Nothing about the scenario
-//! under test lives here.
+//! What client-sim's tests share: an in-process Surge on loopback, a free
+//! loopback port and a real redis-server for multi-node tests. Nothing
+//! about the scenario under test lives here.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A Surge on ephemeral loopback ports (two workers, quiet logs, a quick
+/// shutdown) with token secret `secret` and `extra` flags.
+pub fn start_surge(secret: &str, extra: &[&str]) -> surge::Server {
+    let mut args = vec!["surge"];
+    args.extend_from_slice(&surge::config::EPHEMERAL_LOOPBACK);
+    args.extend_from_slice(&[
+        "--workers",
+        "2",
+        "--log",
+        "warn",
+        "--token-secret",
+        secret,
+        "--shutdown-timeout",
+        "1s",
+    ]);
+    args.extend_from_slice(extra);
+    let config = surge::Config::load_from(args).expect("config");
+    surge::Server::start(config).expect("server starts")
+}
 
 /// A loopback port free right now.
 pub fn free_port() -> u16 {
