@@ -2,12 +2,14 @@
 //! prints with its addresses, and graceful shutdown on SIGINT.
 
 mod common;
+#[path = "common/listening.rs"]
+mod listening;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use listening::listening;
 
 const BIN: &str = env!("CARGO_BIN_EXE_surge");
 
@@ -76,25 +78,8 @@ fn spawn_surge() -> (Child, String, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    // "surge listening: ws://A/ws publish=http://B/api/publish admin=..."
-    assert!(
-        line.starts_with("surge listening"),
-        "unexpected first line: {line:?}"
-    );
-    let ws = line.split_whitespace().nth(2).unwrap().to_string();
-    let publish = line
-        .split("publish=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    (child, ws, publish)
+    let at = listening(&mut child);
+    (child, format!("ws://{}/ws", at.public), at.publish_url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,6 @@
 //!
 //! Needs Chromium; common/webdriver.rs says how it is found and skipped.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,9 @@ use fantoccini::{Client, Locator};
 #[path = "common/webdriver.rs"]
 mod webdriver;
 use webdriver::{attr, eventually, free_port, Browser, WAIT};
+#[path = "common/listening.rs"]
+mod listening;
+use listening::listening;
 
 const BIN: &str = env!("CARGO_BIN_EXE_surge");
 const SECRET: &str = "browser-test-shared-secret-01";
@@ -51,16 +53,7 @@ fn start_demo(port: u16) -> Surge {
         .stdout(Stdio::piped())
         .spawn()
         .expect("surge starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    let publish = line
-        .split("publish=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("publish URL")
-        .to_string();
+    let publish = listening(&mut child).publish_url;
     Surge { child, publish }
 }
 

@@ -11,7 +11,6 @@
 //!
 //! Needs Chromium; common/webdriver.rs says how it is found and skipped.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -20,6 +19,9 @@ use serde_json::Value;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 use webdriver::{eventually, free_port, Browser, Killed};
+#[path = "common/listening.rs"]
+mod listening;
+use listening::listening;
 
 const BIN: &str = env!("CARGO_BIN_EXE_surge");
 /// Pages in the test: enough that their delays must differ (jitter) with
@@ -53,15 +55,7 @@ fn start_node(port: u16) -> (Killed, String) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("surge starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    let admin = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("admin=http://")?.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("no admin address in {line:?}"))
-        .to_string();
+    let admin = listening(&mut child).admin;
     (Killed(child), admin)
 }
 

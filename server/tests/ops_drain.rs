@@ -3,12 +3,15 @@
 //! then on (in-process), and after the grace closes every connection with
 //! 1012 and a reconnect hint, spread evenly over the window.
 
-use std::io::{BufRead, BufReader};
+#[path = "common/listening.rs"]
+mod listening;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use listening::listening;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Connections drained: the 10,000, within the 20,000 descriptors
@@ -61,23 +64,12 @@ async fn sigterm_drains_ten_thousand_connections_evenly_with_1012() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("surge starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let field = |prefix: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in {line:?}"))
-            .to_string()
-    };
-    let public = field("ws://").trim_end_matches("/ws").to_string();
-    let publish_addr = field("publish=http://")
-        .trim_end_matches("/api/publish")
-        .to_string();
-    let admin = field("admin=http://")
-        .trim_end_matches("/metrics")
-        .to_string();
+    let listening::Listening {
+        public,
+        publish: publish_addr,
+        admin,
+        ..
+    } = listening(&mut child);
 
     // N clients, each recording when and how it was closed.
     let start = Instant::now();
@@ -206,19 +198,8 @@ fn spawn(args: &[&str]) -> (std::process::Child, String, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("surge starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let field = |prefix: &str, suffix: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(prefix)?.strip_suffix(suffix))
-            .unwrap_or_else(|| panic!("no {prefix} in {line:?}"))
-            .to_string()
-    };
-    let public = field("ws://", "/ws");
-    let admin = field("admin=http://", "/metrics");
-    (child, public, admin)
+    let at = listening(&mut child);
+    (child, at.public, at.admin)
 }
 
 fn signal(child: &std::process::Child, signal: i32) {
