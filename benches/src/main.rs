@@ -324,28 +324,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 
 /// Builds the release binaries the macro benchmarks run.
 fn build() -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let ok = Command::new(cargo)
-        .current_dir(root())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "server",
-            "-p",
-            "client-sim",
-            "-p",
-            "benches",
-            "--bins",
-        ])
-        .status()
-        .map_err(|e| e.to_string())?
-        .success();
-    if ok {
-        Ok(())
-    } else {
-        Err("build failed".into())
-    }
+    cluster::build(&root(), &["server", "client-sim", "benches"])
 }
 
 fn all(o: &Opts) -> Result<(), String> {

@@ -13,7 +13,7 @@ use fantoccini::{Client, Locator};
 
 #[path = "common/webdriver.rs"]
 mod webdriver;
-use webdriver::{attr, eventually, free_port, Browser, WAIT};
+use webdriver::{attr, book_a_free_slot, eventually, free_port, Browser, WAIT};
 #[path = "common/listening.rs"]
 mod listening;
 use listening::listening;
@@ -122,28 +122,7 @@ async fn slot_board_updates_books_and_survives_a_server_restart_in_chromium() {
     c.goto(&format!("http://127.0.0.1:{port}/"))
         .await
         .expect("reload");
-    let open = eventually("a slot with free places", || async {
-        let slots = c
-            .find_all(Locator::Css(".slot"))
-            .await
-            .ok()
-            .filter(|s| s.len() == 16)?;
-        for el in slots {
-            let free: u32 = el.attr("data-free").await.ok()??.parse().ok()?;
-            if free >= 2 {
-                return Some(el);
-            }
-        }
-        None
-    })
-    .await;
-    open.click().await.expect("click a slot");
-    let kind = eventually("the booking banner", || async {
-        attr(c, "#banner", "data-kind")
-            .await
-            .filter(|k| k == "confirmed" || k == "rejected")
-    })
-    .await;
+    let kind = book_a_free_slot(c).await;
     assert_eq!(kind, "confirmed", "a slot with free places is booked");
 
     // Kill the server; the page notices, then reconnects by itself once it is back.

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[path = "common/webdriver.rs"]
 mod webdriver;
-use webdriver::{attr, eventually, free_port, Browser, Killed};
+use webdriver::{attr, book_a_free_slot, eventually, free_port, Browser, Killed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_surge");
 const SECRET: &str = "browser-room-shared-secret-01";
@@ -122,28 +122,7 @@ async fn demo_sale_waits_in_line_keeps_the_place_on_reload_then_books() {
             .filter(|a| a == "true")
     })
     .await;
-    let open = eventually("a slot with free places", || async {
-        let slots = c
-            .find_all(Locator::Css(".slot"))
-            .await
-            .ok()
-            .filter(|s| s.len() == 16)?;
-        for el in slots {
-            let free: u32 = el.attr("data-free").await.ok()??.parse().ok()?;
-            if free >= 2 {
-                return Some(el);
-            }
-        }
-        None
-    })
-    .await;
-    open.click().await.expect("click a slot");
-    let kind = eventually("the booking banner", || async {
-        attr(c, "#banner", "data-kind")
-            .await
-            .filter(|k| k == "confirmed" || k == "rejected")
-    })
-    .await;
+    let kind = book_a_free_slot(c).await;
     assert_eq!(kind, "confirmed", "an admitted visitor books");
     drop(others);
     browser.close().await;

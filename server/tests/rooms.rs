@@ -77,17 +77,7 @@ async fn a_thousand_users_are_admitted_once_each_in_fair_order_at_the_set_rate()
         let off = (per_minute - PER_MINUTE as f64).abs() / PER_MINUTE as f64;
         assert!(off < 0.10, "{per_minute:.0}/min against {PER_MINUTE}");
     }
-    let mut seen = Vec::new();
-    for b in browsers {
-        seen.push(b.await.expect("browser task"));
-    }
-    seen.sort_by_key(|s| s.seq);
-    let seqs: Vec<u64> = seen.iter().map(|s| s.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=(EARLY + LATE) as u64).collect::<Vec<_>>(),
-        "each once"
-    );
+    let seen = admitted_once_each(browsers).await;
     let mut tokens: Vec<&str> = seen.iter().map(|s| s.token.as_str()).collect();
     tokens.sort_unstable();
     tokens.dedup();

@@ -92,17 +92,7 @@ async fn users_on_three_nodes_share_one_line_admitted_once_each_in_ticket_order(
         "{per_minute:.0}/min against {PER_MINUTE} (three nodes tick)"
     );
 
-    let mut seen = Vec::new();
-    for b in browsers {
-        seen.push(b.await.expect("browser task"));
-    }
-    seen.sort_by_key(|s| s.seq);
-    let seqs: Vec<u64> = seen.iter().map(|s| s.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=(EARLY + LATE) as u64).collect::<Vec<_>>(),
-        "each once"
-    );
+    let seen = admitted_once_each(browsers).await;
     assert_fair_order(&seen, EARLY);
     // An admission made through one node verifies on another.
     let path = "/api/rooms/sale/verify";

@@ -25,7 +25,6 @@ mod report;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -252,26 +251,7 @@ fn measure(kind: Kind, o: &Opts, frame_bytes: usize) -> Result<Sample, String> {
 }
 
 fn build() -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let ok = Command::new(cargo)
-        .current_dir(super::root())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "server",
-            "-p",
-            "benches",
-            "--bins",
-        ])
-        .status()
-        .map_err(|e| e.to_string())?
-        .success();
-    if ok {
-        Ok(())
-    } else {
-        Err("build failed".into())
-    }
+    crate::cluster::build(&super::root(), &["server", "benches"])
 }
 
 pub fn run(o: &Opts) -> Result<(), String> {

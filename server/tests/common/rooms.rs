@@ -142,6 +142,24 @@ pub async fn wait_in_line(first: SocketAddr, then: Option<SocketAddr>, room: Str
     }
 }
 
+/// Waits for every browser and returns what they saw in admission order,
+/// after checking each was admitted exactly once: admission numbers run
+/// 1..=N with none missing or repeated.
+pub async fn admitted_once_each(browsers: Vec<tokio::task::JoinHandle<Seen>>) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    for b in browsers {
+        seen.push(b.await.expect("browser task"));
+    }
+    seen.sort_by_key(|s| s.seq);
+    let seqs: Vec<u64> = seen.iter().map(|s| s.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seen.len() as u64).collect::<Vec<_>>(),
+        "each once"
+    );
+    seen
+}
+
 /// The fairness every room promises, from what its browsers saw (`seen`
 /// in admission order; `early` of them joined before the opening): the
 /// pre-queue first and shuffled, then first come, first served by ticket,

@@ -217,3 +217,31 @@ pub async fn screenshot(c: &Client, name: &str) {
     std::fs::create_dir_all(&dir).expect("artifact dir");
     std::fs::write(dir.join(name), png).expect("screenshot saved");
 }
+
+/// Books one of the demo board's 16 slots with two or more free places (so
+/// a concurrent change by the demo backend cannot fill it first) and
+/// returns the booking banner's outcome, `confirmed` or `rejected`.
+pub async fn book_a_free_slot(c: &Client) -> String {
+    let open = eventually("a slot with free places", || async {
+        let slots = c
+            .find_all(Locator::Css(".slot"))
+            .await
+            .ok()
+            .filter(|s| s.len() == 16)?;
+        for el in slots {
+            let free: u32 = el.attr("data-free").await.ok()??.parse().ok()?;
+            if free >= 2 {
+                return Some(el);
+            }
+        }
+        None
+    })
+    .await;
+    open.click().await.expect("click a slot");
+    eventually("the booking banner", || async {
+        attr(c, "#banner", "data-kind")
+            .await
+            .filter(|k| k == "confirmed" || k == "rejected")
+    })
+    .await
+}
